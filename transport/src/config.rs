@@ -1,0 +1,108 @@
+//! Settings: every one is an `RDMASOCK_*` environment variable, read once at start-up.
+//! The table in README.md lists them; keep the two in step.
+
+use std::time::Duration;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Forced {
+    /// Use the best fabric available (today: shm).
+    Auto,
+    /// Only the shm fabric (same as auto until other fabrics exist).
+    Shm,
+    /// Never upgrade: every connection stays on kernel TCP.
+    Tcp,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum LogLevel {
+    Off,
+    Error,
+    Info,
+    Debug,
+}
+
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// RDMASOCK_OFF=1: pass every call straight through.
+    pub off: bool,
+    /// RDMASOCK_TRANSPORT=auto|shm|tcp
+    pub transport: Forced,
+    /// RDMASOCK_SPIN_US: bound on busy-waiting before blocking.
+    pub spin: Duration,
+    /// RDMASOCK_RING_SIZE: bytes per direction.
+    pub ring_size: u64,
+    /// RDMASOCK_LOG
+    pub log: LogLevel,
+    /// RDMASOCK_DIR: the registry directory.
+    pub dir: String,
+    /// RDMASOCK_CLAIM_TIMEOUT_MS: how long a client waits for the server's shim to claim.
+    pub claim_timeout: Duration,
+}
+
+pub const DEFAULT_RING: u64 = 1 << 20;
+pub const DEFAULT_SPIN_US: u64 = 50;
+pub const DEFAULT_CLAIM_MS: u64 = 1000;
+
+impl Config {
+    pub fn from_env() -> Config {
+        Self::from_lookup(|k| std::env::var(k).ok())
+    }
+
+    /// Build from any key lookup (tests pass a map). Bad values fall back to defaults:
+    /// a typo in a setting must never break the program it runs under.
+    pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Config {
+        let num = |k: &str, d: u64| get(k).and_then(|v| v.trim().parse::<u64>().ok()).unwrap_or(d);
+        let ring = num("RDMASOCK_RING_SIZE", DEFAULT_RING);
+        Config {
+            off: matches!(get("RDMASOCK_OFF").as_deref().map(str::trim), Some("1" | "yes" | "true" | "on")),
+            transport: match get("RDMASOCK_TRANSPORT").as_deref().map(str::trim) {
+                Some("tcp") => Forced::Tcp,
+                Some("shm") => Forced::Shm,
+                _ => Forced::Auto,
+            },
+            spin: Duration::from_micros(num("RDMASOCK_SPIN_US", DEFAULT_SPIN_US).min(1_000_000)),
+            ring_size: if crate::layout::ring_size_ok(ring) { ring } else { DEFAULT_RING },
+            log: match get("RDMASOCK_LOG").as_deref().map(str::trim) {
+                Some("off") | Some("0") => LogLevel::Off,
+                Some("info") => LogLevel::Info,
+                Some("debug") => LogLevel::Debug,
+                _ => LogLevel::Error,
+            },
+            dir: get("RDMASOCK_DIR")
+                .filter(|d| d.starts_with('/'))
+                .unwrap_or_else(|| format!("/dev/shm/rdmasock-{}", crate::sys::getuid())),
+            claim_timeout: Duration::from_millis(num("RDMASOCK_CLAIM_TIMEOUT_MS", DEFAULT_CLAIM_MS).clamp(1, 60_000)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    #[test]
+    fn defaults_and_overrides() {
+        let d = Config::from_lookup(|_| None);
+        assert!(!d.off);
+        assert_eq!(d.transport, Forced::Auto);
+        assert_eq!(d.ring_size, DEFAULT_RING);
+        let m: HashMap<&str, &str> = [("RDMASOCK_OFF", "1"), ("RDMASOCK_TRANSPORT", "tcp"), ("RDMASOCK_RING_SIZE", "65536"),
+            ("RDMASOCK_LOG", "debug"), ("RDMASOCK_DIR", "/tmp/x"), ("RDMASOCK_SPIN_US", "7")].into();
+        let c = Config::from_lookup(|k| m.get(k).map(|v| v.to_string()));
+        assert!(c.off);
+        assert_eq!(c.transport, Forced::Tcp);
+        assert_eq!(c.ring_size, 65536);
+        assert_eq!(c.log, LogLevel::Debug);
+        assert_eq!(c.dir, "/tmp/x");
+        assert_eq!(c.spin, Duration::from_micros(7));
+    }
+
+    #[test]
+    fn bad_values_fall_back() {
+        let m: HashMap<&str, &str> = [("RDMASOCK_RING_SIZE", "1000"), ("RDMASOCK_DIR", "relative")].into();
+        let c = Config::from_lookup(|k| m.get(k).map(|v| v.to_string()));
+        assert_eq!(c.ring_size, DEFAULT_RING);
+        assert!(c.dir.starts_with("/dev/shm/rdmasock-"));
+    }
+}

@@ -1,0 +1,161 @@
+//! Blocking on fabric streams: the waiting policy shared by every fabric (spin while the
+//! peer runs elsewhere, yield while it runs here, else block on the doorbell), for one
+//! stream (blocking recv/send) or many mixed with kernel fds (poll/select).
+
+use crate::fabric::Stream;
+use crate::layout::wait;
+use crate::sys;
+use crate::wait::{block, drain_after_poll, drain_event, spin_until, Approach, Role, SpinPolicy, Woke};
+use std::io;
+use std::time::Duration;
+
+#[derive(Debug, PartialEq, Eq)]
+pub enum WaitEnd {
+    Ready,
+    TimedOut,
+    Interrupted,
+}
+
+fn ready(s: &dyn Stream, interest: u32) -> bool {
+    if interest & wait::DATA != 0 {
+        s.has_data()
+    } else {
+        s.has_space()
+    }
+}
+
+/// Wait until `s` can make progress for `interest` (`wait::DATA` or `wait::SPACE`).
+pub fn wait_stream(s: &dyn Stream, interest: u32, timeout: Option<Duration>, policy: &SpinPolicy) -> WaitEnd {
+    if ready(s, interest) {
+        return WaitEnd::Ready;
+    }
+    let approach = s.approach(policy);
+    if approach != Approach::Block {
+        s.set_spinning(true);
+        let ok = spin_until(&approach, policy.budget, || ready(s, interest));
+        s.set_spinning(false);
+        if ok {
+            return WaitEnd::Ready;
+        }
+    }
+    let deadline = timeout.map(|t| sys::now_ns() + t.as_nanos() as u64);
+    loop {
+        let Ok(role) = s.local_bell().join() else { return WaitEnd::Interrupted };
+        s.arm(interest);
+        if ready(s, interest) {
+            s.disarm(interest);
+            s.local_bell().leave(role);
+            return WaitEnd::Ready;
+        }
+        let remaining = match deadline {
+            Some(d) => {
+                let now = sys::now_ns();
+                if now >= d {
+                    s.disarm(interest);
+                    s.local_bell().leave(role);
+                    return WaitEnd::TimedOut;
+                }
+                Some(Duration::from_nanos(d - now))
+            }
+            None => None,
+        };
+        let woke = block(s.doorbell(), role, remaining);
+        s.disarm(interest);
+        if role == Role::Leader {
+            if woke == Woke::PeerGone {
+                s.ring_gone();
+            }
+            s.local_bell().woke();
+        }
+        s.local_bell().leave(role);
+        let now_ready = ready(s, interest);
+        match woke {
+            _ if now_ready => return WaitEnd::Ready,
+            Woke::Interrupted => return WaitEnd::Interrupted,
+            Woke::TimedOut => return WaitEnd::TimedOut,
+            _ => {}
+        }
+    }
+}
+
+/// One blocking step over fabric streams and kernel fds together (poll/select).
+/// `streams` are (stream, interest bits); `kernel` is the caller's pollfd list for kernel
+/// fds, whose `revents` are filled in. Returns the number of kernel fds ready; the caller
+/// re-checks the streams (any of them may have become ready) and loops if needed.
+pub fn poll_step(
+    streams: &[(&dyn Stream, u32)],
+    kernel: &mut [libc::pollfd],
+    timeout: Option<Duration>,
+    sigmask: Option<&libc::sigset_t>,
+) -> io::Result<usize> {
+    let mut roles = Vec::with_capacity(streams.len());
+    for (s, interest) in streams {
+        match s.local_bell().join() {
+            Ok(r) => roles.push(r),
+            Err(e) => {
+                for ((s, i), r) in streams.iter().zip(&roles) {
+                    s.disarm(*i);
+                    s.local_bell().leave(*r);
+                }
+                return Err(e);
+            }
+        }
+        s.arm(*interest);
+    }
+    let cleanup = |roles: &[Role]| {
+        for ((s, i), r) in streams.iter().zip(roles) {
+            s.disarm(*i);
+            s.local_bell().leave(*r);
+        }
+    };
+    if streams.iter().any(|(s, i)| ready(*s, *i)) {
+        cleanup(&roles);
+        for k in kernel.iter_mut() {
+            k.revents = 0;
+        }
+        // Let the caller collect kernel readiness too, without blocking.
+        return sys::poll(kernel, 0);
+    }
+    let mut fds: Vec<libc::pollfd> = kernel.to_vec();
+    let mut led = Vec::new();
+    let mut event_fd = None;
+    for (idx, r) in roles.iter().enumerate() {
+        match r {
+            Role::Leader => {
+                led.push((idx, fds.len()));
+                fds.push(libc::pollfd { fd: streams[idx].0.doorbell(), events: libc::POLLIN, revents: 0 });
+            }
+            Role::Follower(ev) if event_fd.is_none() => {
+                event_fd = Some(fds.len());
+                fds.push(libc::pollfd { fd: *ev, events: libc::POLLIN, revents: 0 });
+            }
+            Role::Follower(_) => {}
+        }
+    }
+    let ts = timeout.map(|t| libc::timespec { tv_sec: t.as_secs() as libc::time_t, tv_nsec: t.subsec_nanos() as libc::c_long });
+    let res = sys::ppoll(&mut fds, ts.as_ref(), sigmask);
+    for &(idx, at) in &led {
+        let s = streams[idx].0;
+        if fds[at].revents != 0 {
+            if drain_after_poll(s.doorbell(), fds[at].revents) {
+                s.ring_gone();
+            }
+            s.local_bell().woke();
+        }
+    }
+    if let Some(at) = event_fd {
+        if fds[at].revents & libc::POLLIN != 0 {
+            drain_event(fds[at].fd);
+        }
+    }
+    cleanup(&roles);
+    res?;
+    let mut n = 0;
+    for (k, f) in kernel.iter_mut().zip(&fds) {
+        k.revents = f.revents;
+        if f.revents != 0 {
+            n += 1;
+        }
+    }
+    Ok(n)
+}

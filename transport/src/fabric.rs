@@ -1,0 +1,201 @@
+//! The transport interface, shaped for every fabric: shm (shared-memory rings, today),
+//! kmod (the mailbox driver), ivshmem (a shared PCI BAR with doorbell interrupts) and
+//! verbs (RDMA NICs). Kernel TCP is the fallback, not a fabric: a connection that no
+//! fabric takes simply stays the kernel socket it always was.
+//!
+//! Operations are grouped by concern, in the manner of Linux vsock's transport table:
+//! * lifecycle: [`Fabric::name`], [`Fabric::caps`];
+//! * rendezvous: [`Fabric::offer`] (client, before connect), [`Fabric::claim`] (server,
+//!   after accept), [`Offer::decision`] / [`Offer::withdraw`];
+//! * stream: [`Stream::enqueue`], [`Stream::dequeue`], [`Stream::has_data`],
+//!   [`Stream::has_space`];
+//! * notification: [`Stream::arm`], [`Stream::doorbell`], [`Stream::ring_gone`] and the
+//!   waiting policy in [`crate::conn`];
+//! * shutdown: [`Stream::shutdown`].
+//!
+//! How a fabric is chosen (the one rule, applied at connect and at accept): the
+//! settings may force TCP; otherwise the first fabric in priority order (shm, kmod,
+//! ivshmem, verbs) whose `caps` fit the peer's placement (same kernel, same host, other
+//! host) and that both shims agree on carries the stream. Any doubt keeps kernel TCP.
+
+use crate::wait::{Approach, LocalBell, SpinPolicy};
+use std::io::{self, IoSlice, IoSliceMut};
+use std::os::fd::RawFd;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// What a fabric can do.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Caps(pub u32);
+
+impl Caps {
+    /// Peers in the same kernel (processes, containers).
+    pub const SAME_KERNEL: u32 = 1;
+    /// Peers in other kernels on this machine (VMs, microserver nodes).
+    pub const SAME_HOST: u32 = 2;
+    /// Peers on other hosts.
+    pub const CROSS_HOST: u32 = 4;
+    /// The peers map common pages (a peer can scribble on what we read).
+    pub const SHARED_PAGES: u32 = 8;
+    /// The kernel verifies who the peer is.
+    pub const KERNEL_VERIFIED_PEER: u32 = 16;
+    /// The doorbell is an fd poll/epoll can wait on beside kernel fds.
+    pub const POLLABLE_DOORBELL: u32 = 32;
+
+    pub fn has(&self, bit: u32) -> bool {
+        self.0 & bit == bit
+    }
+}
+
+/// Why a connection stays on kernel TCP. Recorded for `rdmasock stat` and the log.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Reason {
+    None = 0,
+    Disabled,
+    ForcedTcp,
+    RemoteDestination,
+    NoShimListener,
+    PeerNotShim,
+    PeerOtherUid,
+    ClaimTimeout,
+    Refused,
+    ListenerUnknown,
+    FdLimit,
+    RegistryUnavailable,
+    OfferFailed,
+    ClaimFailed,
+    ConnectFailed,
+    AddressMismatch,
+}
+
+impl Reason {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Reason::None => "",
+            Reason::Disabled => "disabled",
+            Reason::ForcedTcp => "forced-tcp",
+            Reason::RemoteDestination => "remote-destination",
+            Reason::NoShimListener => "no-shim-listener",
+            Reason::PeerNotShim => "peer-not-shim",
+            Reason::PeerOtherUid => "peer-other-uid",
+            Reason::ClaimTimeout => "claim-timeout",
+            Reason::Refused => "refused",
+            Reason::ListenerUnknown => "listener-unknown",
+            Reason::FdLimit => "fd-limit",
+            Reason::RegistryUnavailable => "registry-unavailable",
+            Reason::OfferFailed => "offer-failed",
+            Reason::ClaimFailed => "claim-failed",
+            Reason::ConnectFailed => "connect-failed",
+            Reason::AddressMismatch => "address-mismatch",
+        }
+    }
+
+    pub fn from_u8(v: u8) -> Reason {
+        use Reason::*;
+        const ALL: [Reason; 16] = [None, Disabled, ForcedTcp, RemoteDestination, NoShimListener, PeerNotShim,
+            PeerOtherUid, ClaimTimeout, Refused, ListenerUnknown, FdLimit, RegistryUnavailable, OfferFailed,
+            ClaimFailed, ConnectFailed, AddressMismatch];
+        ALL.get(v as usize).copied().unwrap_or(None)
+    }
+}
+
+/// Stream errors, mapped to errno at the exported boundary.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StreamError {
+    /// Nothing can move now (EAGAIN).
+    WouldBlock,
+    /// The connection was reset (ECONNRESET).
+    Reset,
+    /// Writing to a stream that is shut or whose peer is gone (EPIPE, with SIGPIPE).
+    Pipe,
+}
+
+/// `how` for [`Stream::shutdown`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Shutdown {
+    Read,
+    Write,
+    Both,
+}
+
+/// Wait interests for [`Stream::arm`] (the `layout::wait` bits).
+pub use crate::layout::wait as interest;
+
+/// One direction-pair of a connection carried by a fabric.
+pub trait Stream: Send + Sync {
+    // --- stream ---
+    /// Copy in as much as fits, without blocking; `Ok(0)` only for empty input.
+    fn enqueue(&self, bufs: &[IoSlice<'_>]) -> Result<usize, StreamError>;
+    /// Fill the transmit ring straight from a source (sendfile, splice): `fill` gets a
+    /// writable run and returns the bytes it wrote there.
+    fn enqueue_from(&self, fill: &mut dyn FnMut(*mut u8, usize) -> io::Result<usize>) -> Result<usize, StreamError>;
+    /// Copy out what is there; `Ok(0)` is end of stream.
+    fn dequeue(&self, bufs: &mut [IoSliceMut<'_>], peek: bool) -> Result<usize, StreamError>;
+    /// Drain the receive ring straight into a sink (splice): `drain` gets a readable run.
+    fn dequeue_into(&self, drain: &mut dyn FnMut(*const u8, usize) -> io::Result<usize>) -> Result<usize, StreamError>;
+    /// A dequeue would not block (data, end of stream or an error is waiting).
+    fn has_data(&self) -> bool;
+    /// An enqueue would not block (space, or an error to report).
+    fn has_space(&self) -> bool;
+    /// poll(2) events as Linux TCP would report them (tcp_poll).
+    fn poll_events(&self) -> i16;
+    /// Bytes waiting to be read (FIONREAD / SIOCINQ).
+    fn rx_pending(&self) -> usize;
+    /// Bytes written but not yet consumed by the peer (SIOCOUTQ).
+    fn tx_pending(&self) -> usize;
+
+    // --- notification ---
+    /// Our doorbell: readable when the peer rang, hung up when the peer is gone.
+    fn doorbell(&self) -> RawFd;
+    /// Process-local waiter bookkeeping for the doorbell.
+    fn local_bell(&self) -> &LocalBell;
+    /// Announce that we are about to block waiting for `interest` (SeqCst: pairs with
+    /// the peer's fence before it reads the announcement).
+    fn arm(&self, interest: u32);
+    fn disarm(&self, interest: u32);
+    /// The doorbell hung up: the peer has closed or died.
+    fn ring_gone(&self);
+    /// How to wait now, by where the peer runs (also publishes where we run).
+    fn approach(&self, policy: &SpinPolicy) -> Approach;
+    fn set_spinning(&self, on: bool);
+
+    // --- shutdown ---
+    fn shutdown(&self, how: Shutdown);
+}
+
+/// A client's pending offer.
+pub trait Offer: Send + Sync {
+    /// Wait up to `timeout` for the server's shim to decide. `Some(true)`: claimed,
+    /// `Some(false)`: refused, `None`: still pending.
+    fn decision(&self, timeout: Duration) -> Option<bool>;
+    /// Take the offer back (compare-and-swap). Returns false if the server claimed it
+    /// first: then the stream is on the fabric after all.
+    fn withdraw(&self) -> bool;
+    /// The stream of a claimed offer; the offer's registry record is removed.
+    fn into_stream(self: Box<Self>) -> Arc<dyn Stream>;
+}
+
+/// A fabric.
+pub trait Fabric: Send + Sync {
+    fn name(&self) -> &'static str;
+    fn caps(&self) -> Caps;
+    /// Post an offer for the client socket with inode `sock_inode`, before connect.
+    fn offer(&self, sock_inode: u64) -> io::Result<Box<dyn Offer>>;
+    /// At accept: claim the offer of the client socket `peer_inode`, if there is one.
+    fn claim(&self, peer_inode: u64) -> Result<Arc<dyn Stream>, Reason>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reasons_round_trip() {
+        for v in 0..16u8 {
+            assert_eq!(Reason::from_u8(v) as u8, v);
+        }
+        assert_eq!(Reason::from_u8(200), Reason::None);
+        assert_eq!(Reason::ClaimTimeout.as_str(), "claim-timeout");
+    }
+}

@@ -1,0 +1,375 @@
+//! Every byte layout the shm fabric shares with another process, each with a version and
+//! compile-time size/offset checks. Drawn in docs/protocol.md.
+//!
+//! Two kinds:
+//! * the segment header ([`SegHeader`]), live shared memory: `#[repr(C)]`, fixed-width
+//!   atomics only, every field says who writes it;
+//! * registry records ([`OfferRecord`], [`ListenerRecord`]), small files written once by
+//!   their owner and read by others: byte views in the manner of smoltcp, a `check` after
+//!   which no accessor can fail, and an `emit`.
+//!
+//! Nothing read from either is trusted: indices are clamped by the ring, lengths and fd
+//! numbers are checked against what the reader can verify with the kernel.
+
+use std::mem::{offset_of, size_of};
+use std::sync::atomic::{AtomicU32, AtomicU64};
+
+pub const SEG_MAGIC: u32 = u32::from_le_bytes(*b"RDSG");
+pub const SEG_VERSION: u32 = 1;
+/// The header occupies the first page; the two rings follow, page aligned.
+pub const SEG_HEADER_SIZE: u64 = 4096;
+
+pub const RING_MIN: u64 = 4096;
+pub const RING_MAX: u64 = 64 << 20;
+
+/// Rendezvous states of a segment's `state` word. Transitions (all by compare-and-swap):
+/// OFFERED -> CLAIMED (server), OFFERED -> REFUSED (server), OFFERED -> WITHDRAWN (client).
+pub mod state {
+    pub const OFFERED: u32 = 1;
+    pub const CLAIMED: u32 = 2;
+    pub const WITHDRAWN: u32 = 3;
+    pub const REFUSED: u32 = 4;
+}
+
+/// Bits of [`SideCtl::wait`]: what a side is blocked in the kernel waiting for.
+pub mod wait {
+    /// Waiting for its receive ring to gain data, EOF or a shutdown.
+    pub const DATA: u32 = 1;
+    /// Waiting for its transmit ring to gain space.
+    pub const SPACE: u32 = 2;
+    /// Waiting for the rendezvous decision (client only).
+    pub const CLAIM: u32 = 4;
+}
+
+/// Bits of [`ProducerLine::flags`].
+pub mod pflags {
+    /// The producer shut down its writing side (shutdown(SHUT_WR)): EOF after the data.
+    pub const WR_SHUT: u32 = 1;
+}
+
+/// Side indices: the connecting side is 0, the accepting side 1. Direction `d` is
+/// produced by side `d` and consumed by side `1 - d`.
+pub const CLIENT: usize = 0;
+pub const SERVER: usize = 1;
+
+/// One side's control line. 128 bytes: x86_64 prefetches cache lines in adjacent pairs,
+/// so 64-byte padding would still share a prefetch unit with the neighbouring field.
+#[repr(C, align(128))]
+pub struct SideCtl {
+    /// `wait::*` bits. Set by the owning side (fetch_or, SeqCst) just before it blocks;
+    /// cleared by the peer (fetch_and, SeqCst) when it rings the owner's doorbell, or by
+    /// the owner when it stops waiting. The SeqCst RMW pairs with the peer's SeqCst fence
+    /// between publishing an index and reading this word (Dekker: one of the two sees
+    /// the other's write, so no wake-up is lost).
+    pub wait: AtomicU32,
+    /// The CPU the owning side last ran on (Relaxed: a hint for the spin decision only).
+    pub cpu: AtomicU32,
+    /// Non-zero while the owning side is busy-waiting or yielding for this connection
+    /// (Relaxed: a hint only).
+    pub spinning: AtomicU32,
+}
+
+/// The producer's line of one direction.
+#[repr(C, align(128))]
+pub struct ProducerLine {
+    /// Bytes ever produced. Written only by the producer (Release, after the bytes are
+    /// copied in); read by the consumer with Acquire, pairing with that Release.
+    pub tail: AtomicU64,
+    /// `pflags::*`. Written by the producer (Release, after its last tail store);
+    /// read by the consumer (Acquire) only once the ring is seen empty.
+    pub flags: AtomicU32,
+}
+
+/// The consumer's line of one direction.
+#[repr(C, align(128))]
+pub struct ConsumerLine {
+    /// Bytes ever consumed. Written only by the consumer (Release, after the bytes are
+    /// copied out); read by the producer with Acquire, pairing with that Release, before
+    /// it reuses the space.
+    pub head: AtomicU64,
+}
+
+#[repr(C)]
+pub struct DirCtl {
+    pub prod: ProducerLine,
+    pub cons: ConsumerLine,
+}
+
+#[repr(C)]
+pub struct SegHeader {
+    /// Written by the client before the offer is posted, never changed.
+    pub magic: u32,
+    pub version: u32,
+    /// Equal to the offer record's nonce; ties the record to this segment.
+    pub nonce: u64,
+    /// Bytes per ring. Informational: each side uses its own validated copy.
+    pub ring_size: u64,
+    /// Rendezvous state (`state::*`), changed only by compare-and-swap (AcqRel).
+    pub state: AtomicU32,
+    /// The client's and the server's pid (informational).
+    pub client_pid: AtomicU32,
+    pub server_pid: AtomicU32,
+    pub _reserved: [u32; 23],
+    pub sides: [SideCtl; 2],
+    pub dirs: [DirCtl; 2],
+}
+
+const _: () = {
+    assert!(offset_of!(SegHeader, state) == 24);
+    assert!(offset_of!(SegHeader, sides) == 128);
+    assert!(size_of::<SideCtl>() == 128);
+    assert!(size_of::<DirCtl>() == 256);
+    assert!(offset_of!(SegHeader, dirs) == 384);
+    assert!(size_of::<SegHeader>() == 896);
+    assert!((size_of::<SegHeader>() as u64) <= SEG_HEADER_SIZE);
+};
+
+/// Is `n` an acceptable ring size (a power of two within bounds)?
+pub fn ring_size_ok(n: u64) -> bool {
+    n.is_power_of_two() && (RING_MIN..=RING_MAX).contains(&n)
+}
+
+pub fn segment_len(ring: u64) -> u64 {
+    SEG_HEADER_SIZE + 2 * ring
+}
+
+/// Read a little-endian integer from a fixed range of a record.
+macro_rules! field_get {
+    ($buf:expr, $ty:ty, $range:expr) => {
+        <$ty>::from_le_bytes($buf[$range].try_into().expect("range matches type size"))
+    };
+}
+
+/// The offer a connecting shim posts in the registry, named by its socket's inode
+/// (`o-<inode>`): where the accepting shim finds the segment and the doorbells, as fd
+/// numbers in the client's /proc/PID/fd, plus what it checks them against.
+pub struct OfferRecord<T: AsRef<[u8]>> {
+    buf: T,
+}
+
+mod offer_field {
+    use std::ops::Range;
+    pub const MAGIC: Range<usize> = 0..4;
+    pub const VERSION: usize = 4;
+    pub const NONCE: Range<usize> = 8..16;
+    pub const PID: Range<usize> = 16..20;
+    pub const SEG_FD: Range<usize> = 20..24;
+    /// The client's own doorbell (write end): the server rings it.
+    pub const CLIENT_BELL_FD: Range<usize> = 24..28;
+    /// The server's doorbell (read end): the server waits on it.
+    pub const SERVER_BELL_FD: Range<usize> = 28..32;
+    pub const CLIENT_BELL_INO: Range<usize> = 32..40;
+    pub const SERVER_BELL_INO: Range<usize> = 40..48;
+    pub const RING_SIZE: Range<usize> = 48..56;
+    pub const SEG_INO: Range<usize> = 56..64;
+    pub const LEN: usize = 64;
+}
+
+pub const OFFER_MAGIC: u32 = u32::from_le_bytes(*b"RDOF");
+pub const OFFER_VERSION: u8 = 1;
+pub const OFFER_LEN: usize = offer_field::LEN;
+
+/// The parsed form of an offer record.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct OfferRepr {
+    pub nonce: u64,
+    pub pid: u32,
+    pub seg_fd: i32,
+    pub client_bell_fd: i32,
+    pub server_bell_fd: i32,
+    pub client_bell_ino: u64,
+    pub server_bell_ino: u64,
+    pub ring_size: u64,
+    pub seg_ino: u64,
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub enum RecordError {
+    Truncated,
+    Magic,
+    Version,
+    Value,
+}
+
+impl<T: AsRef<[u8]>> OfferRecord<T> {
+    /// Wrap and check a buffer; afterwards no accessor can panic.
+    pub fn new_checked(buf: T) -> Result<Self, RecordError> {
+        let r = OfferRecord { buf };
+        let b = r.buf.as_ref();
+        if b.len() < OFFER_LEN {
+            return Err(RecordError::Truncated);
+        }
+        if field_get!(b, u32, offer_field::MAGIC) != OFFER_MAGIC {
+            return Err(RecordError::Magic);
+        }
+        if b[offer_field::VERSION] != OFFER_VERSION {
+            return Err(RecordError::Version);
+        }
+        Ok(r)
+    }
+
+    pub fn parse(&self) -> Result<OfferRepr, RecordError> {
+        let b = self.buf.as_ref();
+        let repr = OfferRepr {
+            nonce: field_get!(b, u64, offer_field::NONCE),
+            pid: field_get!(b, u32, offer_field::PID),
+            seg_fd: field_get!(b, i32, offer_field::SEG_FD),
+            client_bell_fd: field_get!(b, i32, offer_field::CLIENT_BELL_FD),
+            server_bell_fd: field_get!(b, i32, offer_field::SERVER_BELL_FD),
+            client_bell_ino: field_get!(b, u64, offer_field::CLIENT_BELL_INO),
+            server_bell_ino: field_get!(b, u64, offer_field::SERVER_BELL_INO),
+            ring_size: field_get!(b, u64, offer_field::RING_SIZE),
+            seg_ino: field_get!(b, u64, offer_field::SEG_INO),
+        };
+        let fds_ok = repr.seg_fd >= 0 && repr.client_bell_fd >= 0 && repr.server_bell_fd >= 0;
+        if repr.pid == 0 || !fds_ok || !ring_size_ok(repr.ring_size) {
+            return Err(RecordError::Value);
+        }
+        Ok(repr)
+    }
+}
+
+impl OfferRepr {
+    pub fn emit(&self) -> [u8; OFFER_LEN] {
+        let mut b = [0u8; OFFER_LEN];
+        b[offer_field::MAGIC].copy_from_slice(&OFFER_MAGIC.to_le_bytes());
+        b[offer_field::VERSION] = OFFER_VERSION;
+        b[offer_field::NONCE].copy_from_slice(&self.nonce.to_le_bytes());
+        b[offer_field::PID].copy_from_slice(&self.pid.to_le_bytes());
+        b[offer_field::SEG_FD].copy_from_slice(&self.seg_fd.to_le_bytes());
+        b[offer_field::CLIENT_BELL_FD].copy_from_slice(&self.client_bell_fd.to_le_bytes());
+        b[offer_field::SERVER_BELL_FD].copy_from_slice(&self.server_bell_fd.to_le_bytes());
+        b[offer_field::CLIENT_BELL_INO].copy_from_slice(&self.client_bell_ino.to_le_bytes());
+        b[offer_field::SERVER_BELL_INO].copy_from_slice(&self.server_bell_ino.to_le_bytes());
+        b[offer_field::RING_SIZE].copy_from_slice(&self.ring_size.to_le_bytes());
+        b[offer_field::SEG_INO].copy_from_slice(&self.seg_ino.to_le_bytes());
+        b
+    }
+}
+
+/// A listening shim's registration (`l-<netns>-<port>-<pid>-<nonce>`): the bound address,
+/// so that a client connecting to another address on the same port does not offer.
+pub struct ListenerRecord<T: AsRef<[u8]>> {
+    buf: T,
+}
+
+mod listener_field {
+    use std::ops::Range;
+    pub const MAGIC: Range<usize> = 0..4;
+    pub const VERSION: usize = 4;
+    /// Bit 0: IPV6_V6ONLY (an IPv6 wildcard listener that refuses IPv4).
+    pub const FLAGS: usize = 5;
+    pub const PORT: Range<usize> = 6..8;
+    pub const ADDR: Range<usize> = 8..24;
+    pub const PID: Range<usize> = 24..28;
+    pub const LEN: usize = 32;
+}
+
+pub const LISTENER_MAGIC: u32 = u32::from_le_bytes(*b"RDLS");
+pub const LISTENER_VERSION: u8 = 1;
+pub const LISTENER_LEN: usize = listener_field::LEN;
+pub const LISTENER_V6ONLY: u8 = 1;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ListenerRepr {
+    pub addr: [u8; 16],
+    pub port: u16,
+    pub flags: u8,
+    pub pid: u32,
+}
+
+impl<T: AsRef<[u8]>> ListenerRecord<T> {
+    pub fn new_checked(buf: T) -> Result<Self, RecordError> {
+        let r = ListenerRecord { buf };
+        let b = r.buf.as_ref();
+        if b.len() < LISTENER_LEN {
+            return Err(RecordError::Truncated);
+        }
+        if field_get!(b, u32, listener_field::MAGIC) != LISTENER_MAGIC {
+            return Err(RecordError::Magic);
+        }
+        if b[listener_field::VERSION] != LISTENER_VERSION {
+            return Err(RecordError::Version);
+        }
+        Ok(r)
+    }
+
+    pub fn parse(&self) -> ListenerRepr {
+        let b = self.buf.as_ref();
+        ListenerRepr {
+            addr: b[listener_field::ADDR].try_into().expect("16 bytes"),
+            port: field_get!(b, u16, listener_field::PORT),
+            flags: b[listener_field::FLAGS],
+            pid: field_get!(b, u32, listener_field::PID),
+        }
+    }
+}
+
+impl ListenerRepr {
+    pub fn emit(&self) -> [u8; LISTENER_LEN] {
+        let mut b = [0u8; LISTENER_LEN];
+        b[listener_field::MAGIC].copy_from_slice(&LISTENER_MAGIC.to_le_bytes());
+        b[listener_field::VERSION] = LISTENER_VERSION;
+        b[listener_field::FLAGS] = self.flags;
+        b[listener_field::PORT].copy_from_slice(&self.port.to_le_bytes());
+        b[listener_field::ADDR].copy_from_slice(&self.addr);
+        b[listener_field::PID].copy_from_slice(&self.pid.to_le_bytes());
+        b
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample_offer() -> OfferRepr {
+        OfferRepr {
+            nonce: 0x1122334455667788,
+            pid: 4242,
+            seg_fd: 900,
+            client_bell_fd: 901,
+            server_bell_fd: 902,
+            client_bell_ino: 77,
+            server_bell_ino: 78,
+            ring_size: 1 << 20,
+            seg_ino: 99,
+        }
+    }
+
+    #[test]
+    fn offer_round_trips() {
+        let b = sample_offer().emit();
+        assert_eq!(&b[0..4], b"RDOF");
+        assert_eq!(b[4], 1);
+        assert_eq!(&b[8..16], &0x1122334455667788u64.to_le_bytes());
+        let r = OfferRecord::new_checked(&b[..]).unwrap();
+        assert_eq!(r.parse().unwrap(), sample_offer());
+    }
+
+    #[test]
+    fn offer_rejects_bad_input() {
+        let b = sample_offer().emit();
+        assert_eq!(OfferRecord::new_checked(&b[..63]).err(), Some(RecordError::Truncated));
+        let mut m = b;
+        m[0] ^= 1;
+        assert_eq!(OfferRecord::new_checked(&m[..]).err(), Some(RecordError::Magic));
+        let mut v = b;
+        v[4] = 2;
+        assert_eq!(OfferRecord::new_checked(&v[..]).err(), Some(RecordError::Version));
+        for bad in [OfferRepr { ring_size: 3000, ..sample_offer() }, OfferRepr { seg_fd: -1, ..sample_offer() },
+                    OfferRepr { ring_size: RING_MAX * 2, ..sample_offer() }, OfferRepr { pid: 0, ..sample_offer() }] {
+            let e = bad.emit();
+            assert_eq!(OfferRecord::new_checked(&e[..]).unwrap().parse().err(), Some(RecordError::Value));
+        }
+    }
+
+    #[test]
+    fn listener_round_trips() {
+        let l = ListenerRepr { addr: [0; 16], port: 6379, flags: LISTENER_V6ONLY, pid: 7 };
+        let b = l.emit();
+        assert_eq!(&b[0..4], b"RDLS");
+        assert_eq!(&b[6..8], &6379u16.to_le_bytes());
+        assert_eq!(ListenerRecord::new_checked(&b[..]).unwrap().parse(), l);
+        assert!(ListenerRecord::new_checked(&b[..31]).is_err());
+    }
+}

@@ -1,0 +1,24 @@
+//! Fabric transports for librdmasock.
+//!
+//! Layers, bottom up: [`sys`] (every OS call), [`layout`] (every shared byte layout),
+//! [`ring`] (the single-producer single-consumer byte ring), [`wait`] (doorbells and the
+//! spin policy), [`registry`] (who listens, who offers), [`diag`] (the kernel's word on
+//! who the peer is), [`fabric`] (the transport interface), [`shm`] (the shared-memory
+//! fabric), [`conn`] (blocking on streams), [`stats`] (per-process connection tables).
+//!
+//! Unsafe code is confined to the modules whose job it is: sys, addr, ring, wait, diag,
+//! shm and stats (raw memory and system calls).
+#![deny(unsafe_code)]
+
+pub mod addr;
+pub mod config;
+pub mod conn;
+pub mod diag;
+pub mod fabric;
+pub mod layout;
+pub mod registry;
+pub mod ring;
+pub mod shm;
+pub mod stats;
+pub mod sys;
+pub mod wait;

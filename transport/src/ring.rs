@@ -1,0 +1,345 @@
+//! The byte ring of one direction: single producer, single consumer, in shared memory.
+//!
+//! "RDMA write" on the shm fabric is the producer copying bytes into the ring, which only
+//! the consumer reads; "completion" is publishing the new tail. Indices are free-running
+//! u64 byte counts (they never wrap in practice: 2^64 bytes), the position in the data
+//! area is `index & (cap - 1)`.
+//!
+//! Trust: each side keeps its own index locally and only *publishes* it; it never reads
+//! its own index back from shared memory. The peer's index is loaded and checked: it may
+//! only move forward, and the distance between the two indices may never exceed the
+//! capacity. A violation is reported as [`Corrupt`] and the connection is reset; no
+//! copy is ever computed from an unchecked value.
+//!
+//! Memory ordering:
+//! * producer: copy bytes -> `tail.store(Release)`; pairs with the consumer's
+//!   `tail.load(Acquire)`, which makes the bytes visible before it copies them out.
+//! * consumer: copy bytes out -> `head.store(Release)`; pairs with the producer's
+//!   `head.load(Acquire)`, so the producer never overwrites bytes still being read.
+//! * peeking consumers do not publish anything.
+//!
+//! The copy itself reads or writes memory the peer can also write; a misbehaving peer can
+//! only make us see garbage *data*, never an out-of-bounds access, because every offset
+//! and length is computed from checked indices and the local capacity.
+#![allow(unsafe_code)]
+
+use crate::layout::DirCtl;
+use std::io::{IoSlice, IoSliceMut};
+use std::sync::atomic::Ordering;
+
+/// The peer published an index that cannot be right.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Corrupt;
+
+/// A view of one direction: its control lines and its data area.
+#[derive(Clone, Copy)]
+struct Raw {
+    ctl: *const DirCtl,
+    data: *mut u8,
+    cap: u64,
+}
+
+// SAFETY: points into a shared mapping kept alive by the owner of the Producer/Consumer.
+unsafe impl Send for Raw {}
+unsafe impl Sync for Raw {}
+
+impl Raw {
+    fn ctl(&self) -> &DirCtl {
+        // SAFETY: the mapping outlives every Raw (see Producer::new / Consumer::new).
+        unsafe { &*self.ctl }
+    }
+
+    /// The data area as (offset, len) runs starting at index `at` for `len` bytes, split
+    /// at the wrap point. `len <= cap` is checked by every caller.
+    fn runs(&self, at: u64, len: u64) -> [(usize, usize); 2] {
+        debug_assert!(len <= self.cap);
+        let off = at & (self.cap - 1);
+        let first = len.min(self.cap - off);
+        [(off as usize, first as usize), (0, (len - first) as usize)]
+    }
+}
+
+/// The writing half. Owns the direction's tail.
+pub struct Producer {
+    raw: Raw,
+    tail: u64,
+    /// Last head seen; the real head is never behind it.
+    head_seen: u64,
+}
+
+impl Producer {
+    /// # Safety
+    /// `ctl` and `data..data+cap` must stay mapped for the Producer's lifetime, `cap` a
+    /// power of two, and only one Producer may exist per direction.
+    pub unsafe fn new(ctl: *const DirCtl, data: *mut u8, cap: u64) -> Producer {
+        Producer { raw: Raw { ctl, data, cap }, tail: 0, head_seen: 0 }
+    }
+
+    pub fn capacity(&self) -> u64 {
+        self.raw.cap
+    }
+
+    /// Bytes produced so far.
+    pub fn tail(&self) -> u64 {
+        self.tail
+    }
+
+    /// Bytes the consumer has not taken yet (checked).
+    pub fn unconsumed(&mut self) -> Result<u64, Corrupt> {
+        let head = self.load_head()?;
+        Ok(self.tail - head)
+    }
+
+    /// Free space, from a fresh, checked read of the consumer's head.
+    pub fn free(&mut self) -> Result<u64, Corrupt> {
+        Ok(self.raw.cap - self.unconsumed()?)
+    }
+
+    fn load_head(&mut self) -> Result<u64, Corrupt> {
+        // Acquire: pairs with the consumer's Release store in Consumer::advance.
+        let head = self.raw.ctl().cons.head.load(Ordering::Acquire);
+        if head < self.head_seen || head > self.tail || self.tail - head > self.raw.cap {
+            return Err(Corrupt);
+        }
+        self.head_seen = head;
+        Ok(head)
+    }
+
+    /// Copy as much of `bufs` as fits and publish it. Returns the bytes written (0 when
+    /// the ring is full).
+    pub fn write(&mut self, bufs: &[IoSlice<'_>]) -> Result<usize, Corrupt> {
+        let mut free = self.raw.cap - (self.tail - self.head_seen);
+        if free == 0 || (free as usize) < bufs.iter().map(|b| b.len()).sum::<usize>() {
+            free = self.free()?;
+        }
+        let mut done = 0u64;
+        for b in bufs {
+            if done == free {
+                break;
+            }
+            let n = (b.len() as u64).min(free - done);
+            self.copy_in(self.tail + done, &b[..n as usize]);
+            done += n;
+        }
+        if done > 0 {
+            self.publish(done);
+        }
+        Ok(done as usize)
+    }
+
+    fn copy_in(&self, at: u64, src: &[u8]) {
+        let mut from = 0usize;
+        for (off, len) in self.raw.runs(at, src.len() as u64) {
+            // SAFETY: off+len <= cap by construction of runs(); src has len bytes left.
+            unsafe { std::ptr::copy_nonoverlapping(src.as_ptr().add(from), self.raw.data.add(off), len) };
+            from += len;
+        }
+    }
+
+    /// The free space as up to two writable runs (for sources that write straight into
+    /// the ring: sendfile, splice). Commit with [`Producer::publish`].
+    pub fn free_runs(&mut self) -> Result<[(*mut u8, usize); 2], Corrupt> {
+        let free = self.free()?;
+        // SAFETY: runs() stays inside the data area.
+        Ok(self.raw.runs(self.tail, free).map(|(off, len)| (unsafe { self.raw.data.add(off) }, len)))
+    }
+
+    /// Publish `n` more bytes written at the tail. `n` must not exceed the free space.
+    pub fn publish(&mut self, n: u64) {
+        self.tail += n;
+        // Release: the bytes copied above become visible to the consumer's Acquire load.
+        self.raw.ctl().prod.tail.store(self.tail, Ordering::Release);
+    }
+
+    /// Set producer flag bits (after the last publish; Release pairs with the consumer's
+    /// Acquire load of the flags).
+    pub fn set_flags(&self, bits: u32) {
+        self.raw.ctl().prod.flags.fetch_or(bits, Ordering::Release);
+    }
+}
+
+/// The reading half. Owns the direction's head.
+pub struct Consumer {
+    raw: Raw,
+    head: u64,
+    tail_seen: u64,
+}
+
+impl Consumer {
+    /// # Safety
+    /// As [`Producer::new`], for the consumer.
+    pub unsafe fn new(ctl: *const DirCtl, data: *mut u8, cap: u64) -> Consumer {
+        Consumer { raw: Raw { ctl, data, cap }, head: 0, tail_seen: 0 }
+    }
+
+    /// Bytes consumed so far.
+    pub fn head(&self) -> u64 {
+        self.head
+    }
+
+    /// Bytes available, from a fresh, checked read of the producer's tail.
+    pub fn available(&mut self) -> Result<u64, Corrupt> {
+        // Acquire: pairs with the producer's Release store in Producer::publish.
+        let tail = self.raw.ctl().prod.tail.load(Ordering::Acquire);
+        if tail < self.tail_seen || tail < self.head || tail - self.head > self.raw.cap {
+            return Err(Corrupt);
+        }
+        self.tail_seen = tail;
+        Ok(tail - self.head)
+    }
+
+    /// Producer flags (Acquire: pairs with Producer::set_flags). Only meaningful once the
+    /// ring has been seen empty after reading them: re-check `available` afterwards.
+    pub fn peer_flags(&self) -> u32 {
+        self.raw.ctl().prod.flags.load(Ordering::Acquire)
+    }
+
+    /// Copy up to the buffers' length out; advance (publish the head) unless `peek`.
+    pub fn read(&mut self, bufs: &mut [IoSliceMut<'_>], peek: bool) -> Result<usize, Corrupt> {
+        let avail = self.available()?;
+        let mut done = 0u64;
+        for b in bufs.iter_mut() {
+            if done == avail {
+                break;
+            }
+            let n = (b.len() as u64).min(avail - done);
+            self.copy_out(self.head + done, &mut b[..n as usize]);
+            done += n;
+        }
+        if done > 0 && !peek {
+            self.advance(done);
+        }
+        Ok(done as usize)
+    }
+
+    fn copy_out(&self, at: u64, dst: &mut [u8]) {
+        let mut to = 0usize;
+        for (off, len) in self.raw.runs(at, dst.len() as u64) {
+            // SAFETY: off+len <= cap; dst has len bytes left.
+            unsafe { std::ptr::copy_nonoverlapping(self.raw.data.add(off), dst.as_mut_ptr().add(to), len) };
+            to += len;
+        }
+    }
+
+    /// The available bytes as up to two readable runs (for splice). Commit with
+    /// [`Consumer::advance`].
+    pub fn data_runs(&mut self) -> Result<[(*const u8, usize); 2], Corrupt> {
+        let avail = self.available()?;
+        // SAFETY: runs() stays inside the data area.
+        Ok(self.raw.runs(self.head, avail).map(|(off, len)| (unsafe { self.raw.data.add(off) } as *const u8, len)))
+    }
+
+    /// Consume `n` bytes. `n` must not exceed what `available` returned.
+    pub fn advance(&mut self, n: u64) {
+        self.head += n;
+        // Release: our copies out are done before the producer may reuse the space.
+        self.raw.ctl().cons.head.store(self.head, Ordering::Release);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::layout::DirCtl;
+
+    struct TestRing {
+        ctl: Box<DirCtl>,
+        data: Vec<u8>,
+    }
+
+    fn ring(cap: usize) -> (TestRing, Producer, Consumer) {
+        let mut t = TestRing { ctl: Box::new(unsafe { std::mem::zeroed() }), data: vec![0; cap] };
+        let p = unsafe { Producer::new(&*t.ctl, t.data.as_mut_ptr(), cap as u64) };
+        let c = unsafe { Consumer::new(&*t.ctl, t.data.as_mut_ptr(), cap as u64) };
+        (t, p, c)
+    }
+
+    #[test]
+    fn wraps_and_preserves_order() {
+        let (_t, mut p, mut c) = ring(16);
+        let mut out = Vec::new();
+        let mut next = 0u8;
+        for round in 0..100 {
+            let chunk: Vec<u8> = (0..(round % 11 + 1)).map(|_| { next = next.wrapping_add(1); next }).collect();
+            let mut off = 0;
+            while off < chunk.len() {
+                off += p.write(&[IoSlice::new(&chunk[off..])]).unwrap();
+                let mut buf = [0u8; 7];
+                let n = c.read(&mut [IoSliceMut::new(&mut buf)], false).unwrap();
+                out.extend_from_slice(&buf[..n]);
+            }
+        }
+        loop {
+            let mut buf = [0u8; 7];
+            let n = c.read(&mut [IoSliceMut::new(&mut buf)], false).unwrap();
+            if n == 0 { break; }
+            out.extend_from_slice(&buf[..n]);
+        }
+        let expect: Vec<u8> = (1..=out.len()).map(|i| i as u8).collect();
+        assert_eq!(out, expect);
+    }
+
+    #[test]
+    fn full_ring_accepts_nothing_and_peek_does_not_consume() {
+        let (_t, mut p, mut c) = ring(8);
+        assert_eq!(p.write(&[IoSlice::new(b"0123456789")]).unwrap(), 8);
+        assert_eq!(p.write(&[IoSlice::new(b"x")]).unwrap(), 0);
+        let mut buf = [0u8; 4];
+        assert_eq!(c.read(&mut [IoSliceMut::new(&mut buf)], true).unwrap(), 4);
+        assert_eq!(c.available().unwrap(), 8);
+        assert_eq!(c.read(&mut [IoSliceMut::new(&mut buf)], false).unwrap(), 4);
+        assert_eq!(&buf, b"0123");
+        assert_eq!(p.free().unwrap(), 4);
+    }
+
+    #[test]
+    fn hostile_indices_are_rejected() {
+        // A tail beyond capacity, a tail moving backwards, a head beyond the tail.
+        let (t, mut p, mut c) = ring(8);
+        t.ctl.prod.tail.store(9, Ordering::Relaxed);
+        assert_eq!(c.available(), Err(Corrupt));
+        t.ctl.prod.tail.store(4, Ordering::Relaxed);
+        assert_eq!(c.available(), Ok(4));
+        t.ctl.prod.tail.store(3, Ordering::Relaxed);
+        assert_eq!(c.available(), Err(Corrupt));
+        t.ctl.cons.head.store(1, Ordering::Relaxed);
+        assert_eq!(p.free(), Err(Corrupt), "head ahead of our tail (0)");
+        // A write that fits the cached (already checked) space needs no fresh head; one
+        // that does not re-reads it and finds it impossible.
+        t.ctl.cons.head.store(u64::MAX, Ordering::Relaxed);
+        assert_eq!(p.write(&[IoSlice::new(b"0123456789")]), Err(Corrupt));
+    }
+
+    #[test]
+    fn concurrent_stream_is_exact() {
+        // One producer thread, one consumer thread, random chunk sizes, 4 MiB through a
+        // 4 KiB ring; checks order and content byte for byte.
+        let (t, mut p, mut c) = ring(4096);
+        let total = 4 << 20;
+        let prod = std::thread::spawn(move || {
+            let mut x = 1u64;
+            let mut sent = 0usize;
+            let mut buf = vec![0u8; 3000];
+            while sent < total {
+                x ^= x << 13; x ^= x >> 7; x ^= x << 17;
+                let n = ((x % 3000) as usize + 1).min(total - sent);
+                for (i, b) in buf[..n].iter_mut().enumerate() { *b = ((sent + i) % 251) as u8; }
+                let mut off = 0;
+                while off < n {
+                    off += p.write(&[IoSlice::new(&buf[off..n])]).unwrap();
+                    std::hint::spin_loop();
+                }
+                sent += n;
+            }
+        });
+        let mut got = 0usize;
+        let mut buf = vec![0u8; 1777];
+        while got < total {
+            let n = c.read(&mut [IoSliceMut::new(&mut buf)], false).unwrap();
+            for (i, b) in buf[..n].iter().enumerate() { assert_eq!(*b, ((got + i) % 251) as u8); }
+            got += n;
+        }
+        prod.join().unwrap();
+        drop(t);
+    }
+}

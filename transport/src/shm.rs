@@ -1,0 +1,635 @@
+//! The shm fabric: peers in one kernel share a sealed memfd segment holding two rings,
+//! and ring each other's doorbell pipe. The accepting shim opens the client's segment and
+//! pipes through /proc/PID/fd (so nothing lives on the filesystem but the small offer
+//! record, and everything is freed with the last process that maps it).
+//!
+//! Teardown follows Linux TCP, derived from what is observable without trusting the peer:
+//! the peer is gone when every writer of our doorbell pipe is closed (it closed the socket
+//! in all its processes, or died). If it left bytes of ours unread, it is as if it had
+//! sent a reset (as Linux: closing with unread data sends RST); otherwise a FIN.
+#![allow(unsafe_code)]
+
+use crate::fabric::{Caps, Fabric, Offer, Reason, Shutdown, Stream, StreamError};
+use crate::layout::{self, pflags, state, wait, SegHeader, CLIENT, SERVER};
+use crate::registry::{Held, Registry};
+use crate::ring::{Consumer, Corrupt, Producer};
+use crate::sys::{self, Mapping};
+use crate::wait::{hide_fd, Approach, LocalBell, SpinPolicy};
+use parking_lot::Mutex;
+use std::io::{self, IoSlice, IoSliceMut};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::sync::atomic::{fence, AtomicU32, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Local (process-private) state bits of a stream.
+mod local {
+    pub const RD_SHUT: u32 = 1;
+    pub const WR_SHUT: u32 = 2;
+    /// The doorbell hung up.
+    pub const PEER_GONE: u32 = 4;
+    /// A reset is pending for the next call that can report it (ECONNRESET).
+    pub const ERR_RESET: u32 = 8;
+    /// The peer closed cleanly (FIN); the first write after it is swallowed, as Linux
+    /// (the peer's kernel answers it with RST), later writes fail with EPIPE.
+    pub const FIN: u32 = 16;
+    pub const FIN_WRITE_USED: u32 = 32;
+    /// The peer broke the protocol (an impossible index); treated as a reset.
+    pub const BROKEN: u32 = 64;
+}
+
+/// How often a writer that never blocks checks that its peer still exists.
+const LIVENESS_CHECK_NS: u64 = 1_000_000;
+
+pub struct ShmStream {
+    map: Mapping,
+    side: usize,
+    tx: Mutex<Producer>,
+    rx: Mutex<Consumer>,
+    /// Our doorbell's read end (blocking).
+    bell_rx: OwnedFd,
+    /// The peer's doorbell's write end (non-blocking).
+    bell_tx: OwnedFd,
+    bell: LocalBell,
+    flags: AtomicU32,
+    last_liveness_ns: AtomicU64,
+}
+
+impl ShmStream {
+    /// # Safety-relevant contract
+    /// `map` is a validated segment of `segment_len(ring)` bytes.
+    fn new(map: Mapping, side: usize, ring: u64, bell_rx: OwnedFd, bell_tx: OwnedFd) -> ShmStream {
+        let base = map.as_ptr();
+        let hdr = base as *const SegHeader;
+        let data = |d: usize| unsafe { base.add((layout::SEG_HEADER_SIZE + d as u64 * ring) as usize) };
+        // SAFETY: the mapping holds the header and both rings (checked by the caller) and
+        // lives as long as the stream, which owns it; side d produces direction d.
+        let (tx, rx) = unsafe {
+            let txd = &(*hdr).dirs[side] as *const _;
+            let rxd = &(*hdr).dirs[1 - side] as *const _;
+            (Producer::new(txd, data(side), ring), Consumer::new(rxd, data(1 - side), ring))
+        };
+        ShmStream {
+            map,
+            side,
+            tx: Mutex::new(tx),
+            rx: Mutex::new(rx),
+            bell_rx,
+            bell_tx,
+            bell: LocalBell::default(),
+            flags: AtomicU32::new(0),
+            last_liveness_ns: AtomicU64::new(sys::now_ns()),
+        }
+    }
+
+    fn hdr(&self) -> &SegHeader {
+        // SAFETY: the mapping starts with the header and outlives self.
+        unsafe { &*(self.map.as_ptr() as *const SegHeader) }
+    }
+
+    fn me(&self) -> &layout::SideCtl {
+        &self.hdr().sides[self.side]
+    }
+
+    fn peer(&self) -> &layout::SideCtl {
+        &self.hdr().sides[1 - self.side]
+    }
+
+    fn has(&self, bit: u32) -> bool {
+        self.flags.load(Ordering::Acquire) & bit != 0
+    }
+
+    /// Ring the peer if it announced it is blocked waiting for `what`. The SeqCst fence
+    /// orders our preceding index store before the load of its wait word; it pairs with
+    /// the SeqCst fetch_or in `arm` (Dekker: either it sees our index on its re-check, or
+    /// we see its bit here).
+    fn wake_peer(&self, what: u32) {
+        fence(Ordering::SeqCst);
+        let p = self.peer();
+        if p.wait.load(Ordering::Relaxed) & what != 0 && p.wait.fetch_and(!what, Ordering::SeqCst) & what != 0 {
+            let _ = sys::write(self.bell_tx.as_raw_fd(), &[1]);
+        }
+    }
+
+    /// The peer published an impossible index: reset the connection.
+    fn broken(&self) -> StreamError {
+        self.flags.fetch_or(local::BROKEN | local::PEER_GONE | local::ERR_RESET, Ordering::AcqRel);
+        StreamError::Reset
+    }
+
+    /// Is the doorbell hung up? (one poll(2) with zero timeout)
+    fn probe_gone(&self) -> bool {
+        if self.has(local::PEER_GONE) {
+            return true;
+        }
+        let mut p = [libc::pollfd { fd: self.bell_rx.as_raw_fd(), events: 0, revents: 0 }];
+        if matches!(sys::poll(&mut p, 0), Ok(1)) && p[0].revents & (libc::POLLHUP | libc::POLLERR) != 0 {
+            self.ring_gone();
+            return true;
+        }
+        false
+    }
+
+    fn pipe_or_reset(&self) -> Option<StreamError> {
+        let f = self.flags.load(Ordering::Acquire);
+        if f & local::WR_SHUT != 0 {
+            return Some(StreamError::Pipe);
+        }
+        if f & local::ERR_RESET != 0 {
+            // As Linux: the pending error is reported once (ECONNRESET), then EPIPE.
+            self.flags.fetch_and(!local::ERR_RESET, Ordering::AcqRel);
+            return Some(StreamError::Reset);
+        }
+        if f & local::PEER_GONE != 0 {
+            if f & local::FIN != 0 && f & local::FIN_WRITE_USED == 0 {
+                self.flags.fetch_or(local::FIN_WRITE_USED, Ordering::AcqRel);
+                return None;
+            }
+            return Some(StreamError::Pipe);
+        }
+        None
+    }
+
+    fn periodic_liveness(&self) {
+        let now = sys::now_ns();
+        if now.wrapping_sub(self.last_liveness_ns.load(Ordering::Relaxed)) > LIVENESS_CHECK_NS {
+            self.last_liveness_ns.store(now, Ordering::Relaxed);
+            self.probe_gone();
+        }
+    }
+
+    fn rx_avail(&self) -> Result<u64, Corrupt> {
+        self.rx.lock().available()
+    }
+}
+
+impl Stream for ShmStream {
+    fn enqueue(&self, bufs: &[IoSlice<'_>]) -> Result<usize, StreamError> {
+        let total: usize = bufs.iter().map(|b| b.len()).sum();
+        self.periodic_liveness();
+        if self.flags.load(Ordering::Relaxed) & (local::WR_SHUT | local::PEER_GONE | local::ERR_RESET) != 0 {
+            return match self.pipe_or_reset() {
+                Some(e) => Err(e),
+                None => Ok(total), // the swallowed write after a FIN
+            };
+        }
+        if total == 0 {
+            return Ok(0);
+        }
+        let n = self.tx.lock().write(bufs).map_err(|_| self.broken())?;
+        if n == 0 {
+            // Full: is anyone still reading?
+            if self.probe_gone() {
+                return self.enqueue(bufs);
+            }
+            return Err(StreamError::WouldBlock);
+        }
+        self.wake_peer(wait::DATA);
+        Ok(n)
+    }
+
+    fn enqueue_from(&self, fill: &mut dyn FnMut(*mut u8, usize) -> io::Result<usize>) -> Result<usize, StreamError> {
+        if self.flags.load(Ordering::Relaxed) & (local::WR_SHUT | local::PEER_GONE | local::ERR_RESET) != 0 {
+            if let Some(e) = self.pipe_or_reset() {
+                return Err(e);
+            }
+        }
+        let mut tx = self.tx.lock();
+        let runs = tx.free_runs().map_err(|_| self.broken())?;
+        let mut done = 0usize;
+        for (ptr, len) in runs {
+            if len == 0 {
+                break;
+            }
+            match fill(ptr, len) {
+                Ok(n) => {
+                    let n = n.min(len);
+                    done += n;
+                    if n < len {
+                        break;
+                    }
+                }
+                Err(_) if done > 0 => break,
+                Err(_) => return Err(StreamError::WouldBlock),
+            }
+        }
+        if done > 0 {
+            tx.publish(done as u64);
+            drop(tx);
+            self.wake_peer(wait::DATA);
+            return Ok(done);
+        }
+        drop(tx);
+        if runs_empty(&runs) {
+            if self.probe_gone() {
+                return Err(self.pipe_or_reset().unwrap_or(StreamError::Pipe));
+            }
+            return Err(StreamError::WouldBlock);
+        }
+        Ok(0)
+    }
+
+    fn dequeue(&self, bufs: &mut [IoSliceMut<'_>], peek: bool) -> Result<usize, StreamError> {
+        loop {
+            let n = self.rx.lock().read(bufs, peek).map_err(|_| self.broken())?;
+            if n > 0 {
+                if !peek {
+                    self.wake_peer(wait::SPACE);
+                }
+                return Ok(n);
+            }
+            if bufs.iter().all(|b| b.is_empty()) {
+                return Ok(0);
+            }
+            if let Some(r) = self.empty_outcome()? {
+                return Ok(r);
+            }
+        }
+    }
+
+    fn dequeue_into(&self, drain: &mut dyn FnMut(*const u8, usize) -> io::Result<usize>) -> Result<usize, StreamError> {
+        loop {
+            let mut rx = self.rx.lock();
+            let runs = rx.data_runs().map_err(|_| self.broken())?;
+            let mut done = 0usize;
+            for (ptr, len) in runs {
+                if len == 0 {
+                    break;
+                }
+                match drain(ptr, len) {
+                    Ok(n) => {
+                        let n = n.min(len);
+                        done += n;
+                        if n < len {
+                            break;
+                        }
+                    }
+                    Err(_) if done > 0 => break,
+                    Err(_) => return Err(StreamError::WouldBlock),
+                }
+            }
+            if done > 0 {
+                rx.advance(done as u64);
+                drop(rx);
+                self.wake_peer(wait::SPACE);
+                return Ok(done);
+            }
+            drop(rx);
+            if let Some(r) = self.empty_outcome()? {
+                return Ok(r);
+            }
+        }
+    }
+
+    fn has_data(&self) -> bool {
+        match self.rx_avail() {
+            Ok(0) => {}
+            _ => return true,
+        }
+        let f = self.flags.load(Ordering::Acquire);
+        f & (local::RD_SHUT | local::PEER_GONE) != 0 || self.rx.lock().peer_flags() & pflags::WR_SHUT != 0
+    }
+
+    fn has_space(&self) -> bool {
+        if self.flags.load(Ordering::Acquire) & (local::WR_SHUT | local::PEER_GONE | local::ERR_RESET) != 0 {
+            return true;
+        }
+        !matches!(self.tx.lock().free(), Ok(0))
+    }
+
+    fn poll_events(&self) -> i16 {
+        // As Linux tcp_poll: RCV_SHUTDOWN gives IN|RDHUP, both shut gives HUP, a send
+        // side that is shut never blocks (OUT), a pending error gives ERR.
+        let f = self.flags.load(Ordering::Acquire);
+        let mut ev: i16 = 0;
+        let avail = self.rx_avail();
+        let peer_wr_shut = self.rx.lock().peer_flags() & pflags::WR_SHUT != 0;
+        let rcv_shut = f & (local::RD_SHUT | local::PEER_GONE) != 0 || peer_wr_shut;
+        let reset = f & (local::ERR_RESET | local::BROKEN) != 0 || (f & local::PEER_GONE != 0 && f & local::FIN == 0);
+        let snd_shut = f & local::WR_SHUT != 0 || reset;
+        if rcv_shut && snd_shut {
+            ev |= libc::POLLHUP;
+        }
+        if rcv_shut {
+            ev |= libc::POLLIN | libc::POLLRDNORM | libc::POLLRDHUP;
+        }
+        if !matches!(avail, Ok(0)) {
+            ev |= libc::POLLIN | libc::POLLRDNORM;
+        }
+        if snd_shut || self.has_space() {
+            ev |= libc::POLLOUT | libc::POLLWRNORM;
+        }
+        if f & local::ERR_RESET != 0 {
+            ev |= libc::POLLERR;
+        }
+        ev
+    }
+
+    fn rx_pending(&self) -> usize {
+        self.rx_avail().unwrap_or(0) as usize
+    }
+
+    fn tx_pending(&self) -> usize {
+        self.tx.lock().unconsumed().unwrap_or(0) as usize
+    }
+
+    fn doorbell(&self) -> RawFd {
+        self.bell_rx.as_raw_fd()
+    }
+
+    fn local_bell(&self) -> &LocalBell {
+        &self.bell
+    }
+
+    fn arm(&self, interest: u32) {
+        self.me().wait.fetch_or(interest, Ordering::SeqCst);
+        // Pairs with the peer's fence in wake_peer: our bit before its index, or its
+        // index before our re-check.
+        fence(Ordering::SeqCst);
+    }
+
+    fn disarm(&self, interest: u32) {
+        self.me().wait.fetch_and(!interest, Ordering::Relaxed);
+    }
+
+    fn ring_gone(&self) {
+        if self.flags.fetch_or(local::PEER_GONE, Ordering::AcqRel) & local::PEER_GONE != 0 {
+            return;
+        }
+        // Did the peer leave bytes of ours unread? Then it is a reset, as Linux sends RST
+        // when a socket is closed with data in its receive queue.
+        let unread = self.tx.lock().unconsumed().unwrap_or(1);
+        let bit = if unread > 0 { local::ERR_RESET } else { local::FIN };
+        self.flags.fetch_or(bit, Ordering::AcqRel);
+    }
+
+    fn approach(&self, policy: &SpinPolicy) -> Approach {
+        let my = sys::current_cpu();
+        self.me().cpu.store(my, Ordering::Relaxed);
+        let p = self.peer();
+        let parked = p.wait.load(Ordering::Relaxed) != 0;
+        policy.approach(parked, p.cpu.load(Ordering::Relaxed), my)
+    }
+
+    fn set_spinning(&self, on: bool) {
+        self.me().spinning.store(on as u32, Ordering::Relaxed);
+    }
+
+    fn shutdown(&self, how: Shutdown) {
+        if matches!(how, Shutdown::Read | Shutdown::Both) {
+            self.flags.fetch_or(local::RD_SHUT, Ordering::AcqRel);
+            // Our own blocked readers must see it.
+            self.bell.woke();
+        }
+        if matches!(how, Shutdown::Write | Shutdown::Both)
+            && self.flags.fetch_or(local::WR_SHUT, Ordering::AcqRel) & local::WR_SHUT == 0
+        {
+            self.tx.lock().set_flags(pflags::WR_SHUT);
+            self.wake_peer(wait::DATA);
+        }
+    }
+}
+
+impl ShmStream {
+    /// The receive ring was empty: end of stream, an error, or nothing yet.
+    /// `Ok(Some(0))`: EOF; `Ok(None)`: data appeared, try again; `Err(WouldBlock)`.
+    fn empty_outcome(&self) -> Result<Option<usize>, StreamError> {
+        if self.has(local::RD_SHUT) {
+            return Ok(Some(0));
+        }
+        // Flags are read after the ring was seen empty; re-check the ring after them, as
+        // the producer sets WR_SHUT only after its last tail store.
+        let shut = self.rx.lock().peer_flags() & pflags::WR_SHUT != 0;
+        if shut || self.probe_gone() {
+            if self.rx_avail().map_err(|_| self.broken())? > 0 {
+                return Ok(None);
+            }
+            if !shut && self.flags.fetch_and(!local::ERR_RESET, Ordering::AcqRel) & local::ERR_RESET != 0 {
+                return Err(StreamError::Reset);
+            }
+            return Ok(Some(0));
+        }
+        Err(StreamError::WouldBlock)
+    }
+}
+
+fn runs_empty<T>(runs: &[(T, usize); 2]) -> bool {
+    runs[0].1 == 0
+}
+
+/// The shm fabric.
+pub struct Shm {
+    reg: Arc<Registry>,
+    ring: u64,
+}
+
+impl Shm {
+    pub fn new(reg: Arc<Registry>, ring: u64) -> Shm {
+        Shm { reg, ring }
+    }
+}
+
+struct ShmOffer {
+    record: Option<Held>,
+    /// Until decided: the segment fd and the pipe ends the server opens through /proc.
+    lent: Mutex<Vec<OwnedFd>>,
+    map: Mutex<Option<Mapping>>,
+    ring: u64,
+    bell_rx: Mutex<Option<OwnedFd>>,
+    bell_tx: Mutex<Option<OwnedFd>>,
+}
+
+impl ShmOffer {
+    fn state(&self) -> &AtomicU32 {
+        let m = self.map.lock();
+        let p = m.as_ref().map(|m| m.as_ptr()).expect("mapping present until into_stream");
+        // SAFETY: the header lives at the start of the mapping, which lives in self.
+        unsafe { &(*(p as *const SegHeader)).state }
+    }
+
+    fn finish(&self) {
+        self.lent.lock().clear();
+        if let Some(h) = self.record.as_ref() {
+            let _ = sys::unlink(h.path());
+        }
+    }
+}
+
+impl Offer for ShmOffer {
+    fn decision(&self, timeout: Duration) -> Option<bool> {
+        let deadline = sys::now_ns() + timeout.as_nanos() as u64;
+        loop {
+            match self.state().load(Ordering::Acquire) {
+                state::CLAIMED => return Some(true),
+                state::OFFERED => {}
+                _ => return Some(false),
+            }
+            let now = sys::now_ns();
+            if now >= deadline {
+                return None;
+            }
+            let bell = self.bell_rx.lock().as_ref().map(|f| f.as_raw_fd()).unwrap_or(-1);
+            let mut p = [libc::pollfd { fd: bell, events: libc::POLLIN, revents: 0 }];
+            let ms = ((deadline - now) / 1_000_000).max(1) as i32;
+            if let Ok(1) = sys::poll(&mut p, ms) {
+                if p[0].revents & libc::POLLIN != 0 {
+                    let mut b = [0u8; 16];
+                    let _ = sys::read(bell, &mut b);
+                }
+            }
+        }
+    }
+
+    fn withdraw(&self) -> bool {
+        let won = self
+            .state()
+            .compare_exchange(state::OFFERED, state::WITHDRAWN, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok();
+        if won || self.state().load(Ordering::Acquire) != state::CLAIMED {
+            self.finish();
+            return true;
+        }
+        false
+    }
+
+    fn into_stream(self: Box<Self>) -> Arc<dyn Stream> {
+        let mut this = self;
+        this.finish();
+        let map = this.map.lock().take().expect("mapping present");
+        let rx = this.bell_rx.lock().take().expect("bell present");
+        let tx = this.bell_tx.lock().take().expect("bell present");
+        // The name is gone (finish); the lock goes with the fd.
+        drop(this.record.take());
+        Arc::new(ShmStream::new(map, CLIENT, this.ring, rx, tx))
+    }
+}
+
+impl Drop for ShmOffer {
+    fn drop(&mut self) {
+        if let Some(h) = self.record.take() {
+            h.remove();
+        }
+    }
+}
+
+fn proc_fd(pid: u32, fd: i32) -> String {
+    format!("/proc/{pid}/fd/{fd}")
+}
+
+impl Fabric for Shm {
+    fn name(&self) -> &'static str {
+        "shm"
+    }
+
+    fn caps(&self) -> Caps {
+        Caps(Caps::SAME_KERNEL | Caps::SHARED_PAGES | Caps::POLLABLE_DOORBELL | Caps::KERNEL_VERIFIED_PEER)
+    }
+
+    fn offer(&self, sock_inode: u64) -> io::Result<Box<dyn Offer>> {
+        let len = layout::segment_len(self.ring);
+        let mfd = memfd::MemfdOptions::default()
+            .close_on_exec(true)
+            .allow_sealing(true)
+            .create("rdmasock")
+            .map_err(|e| match e {
+                memfd::Error::Create(e) | memfd::Error::AddSeals(e) | memfd::Error::GetSeals(e) => e,
+            })?;
+        mfd.as_file().set_len(len)?;
+        mfd.add_seals(&[memfd::FileSeal::SealShrink, memfd::FileSeal::SealGrow, memfd::FileSeal::SealSeal])
+            .map_err(|_| io::Error::from_raw_os_error(libc::EPERM))?;
+        let seg = hide_fd(OwnedFd::from(mfd.into_file()));
+        let map = Mapping::shared(seg.as_raw_fd(), len as usize)?;
+        let nonce = sys::random_u64();
+        // SAFETY: a fresh private mapping of the right size: nobody else sees it yet.
+        unsafe {
+            let h = map.as_ptr() as *mut SegHeader;
+            std::ptr::addr_of_mut!((*h).magic).write(layout::SEG_MAGIC);
+            std::ptr::addr_of_mut!((*h).version).write(layout::SEG_VERSION);
+            std::ptr::addr_of_mut!((*h).nonce).write(nonce);
+            std::ptr::addr_of_mut!((*h).ring_size).write(self.ring);
+            (*h).client_pid.store(sys::getpid(), Ordering::Relaxed);
+            (*h).state.store(state::OFFERED, Ordering::Release);
+        }
+        let (c_r, c_w) = sys::doorbell_pipe()?;
+        let (s_r, s_w) = sys::doorbell_pipe()?;
+        let (c_r, c_w, s_r, s_w) = (hide_fd(c_r), hide_fd(c_w), hide_fd(s_r), hide_fd(s_w));
+        let ino = |f: &OwnedFd| sys::fstat(f.as_raw_fd()).map(|s| s.st_ino);
+        let rec = layout::OfferRepr {
+            nonce,
+            pid: sys::getpid(),
+            seg_fd: seg.as_raw_fd(),
+            client_bell_fd: c_w.as_raw_fd(),
+            server_bell_fd: s_r.as_raw_fd(),
+            client_bell_ino: ino(&c_w)?,
+            server_bell_ino: ino(&s_r)?,
+            ring_size: self.ring,
+            seg_ino: ino(&seg)?,
+        };
+        let record = self.reg.post_offer(sock_inode, &rec)?;
+        Ok(Box::new(ShmOffer {
+            record: Some(record),
+            lent: Mutex::new(vec![seg, c_w, s_r]),
+            map: Mutex::new(Some(map)),
+            ring: self.ring,
+            bell_rx: Mutex::new(Some(c_r)),
+            bell_tx: Mutex::new(Some(s_w)),
+        }))
+    }
+
+    fn claim(&self, peer_inode: u64) -> Result<Arc<dyn Stream>, Reason> {
+        let Some(rec) = self.reg.find_offer(peer_inode) else { return Err(Reason::PeerNotShim) };
+        let result = claim_offer(&rec);
+        // Decided either way (or undecidable: the client will time out): the record goes.
+        self.reg.remove_offer(peer_inode);
+        result
+    }
+}
+
+/// Open and check everything an offer names, then claim it.
+fn claim_offer(rec: &layout::OfferRepr) -> Result<Arc<dyn Stream>, Reason> {
+    let fail = |_| Reason::ClaimFailed;
+    let seg = sys::open(&proc_fd(rec.pid, rec.seg_fd), libc::O_RDWR, 0).map_err(fail)?;
+    let st = sys::fstat(seg.as_raw_fd()).map_err(fail)?;
+    let len = layout::segment_len(rec.ring_size);
+    // The seals make the size permanent, so no access can ever fault (SIGBUS).
+    let seals = sys::fcntl(seg.as_raw_fd(), libc::F_GET_SEALS, 0).map_err(fail)?;
+    let sealed = seals & libc::F_SEAL_SHRINK != 0 && seals & libc::F_SEAL_GROW != 0;
+    if st.st_ino != rec.seg_ino || st.st_size as u64 != len || !sealed {
+        return Err(Reason::ClaimFailed);
+    }
+    let map = Mapping::shared(seg.as_raw_fd(), len as usize).map_err(fail)?;
+    drop(seg);
+    // SAFETY: the mapping is at least a header long (checked size).
+    let hdr = unsafe { &*(map.as_ptr() as *const SegHeader) };
+    let refuse = |why| {
+        if hdr.state.compare_exchange(state::OFFERED, state::REFUSED, Ordering::AcqRel, Ordering::Acquire).is_ok() {
+            if let Ok(f) = sys::open(&proc_fd(rec.pid, rec.client_bell_fd), libc::O_WRONLY | libc::O_NONBLOCK, 0) {
+                let _ = sys::write(f.as_raw_fd(), &[1]);
+            }
+        }
+        why
+    };
+    if hdr.magic != layout::SEG_MAGIC || hdr.version != layout::SEG_VERSION || hdr.nonce != rec.nonce {
+        return Err(refuse(Reason::ClaimFailed));
+    }
+    let open_fifo = |fd: i32, ino: u64, flags: i32| -> Result<OwnedFd, Reason> {
+        let f = sys::open(&proc_fd(rec.pid, fd), flags | libc::O_NONBLOCK, 0).map_err(fail)?;
+        let st = sys::fstat(f.as_raw_fd()).map_err(fail)?;
+        if st.st_mode & libc::S_IFMT != libc::S_IFIFO || st.st_ino != ino {
+            return Err(Reason::ClaimFailed);
+        }
+        Ok(f)
+    };
+    let bell_tx = open_fifo(rec.client_bell_fd, rec.client_bell_ino, libc::O_WRONLY).map_err(refuse)?;
+    let bell_rx = open_fifo(rec.server_bell_fd, rec.server_bell_ino, libc::O_RDONLY).map_err(refuse)?;
+    // Our end blocks (waits sleep in read(2)); opened non-blocking only so that opening
+    // could not hang on a FIFO without writers.
+    sys::fcntl(bell_rx.as_raw_fd(), libc::F_SETFL, 0).map_err(|e| refuse(fail(e)))?;
+    let (bell_tx, bell_rx) = (hide_fd(bell_tx), hide_fd(bell_rx));
+    if hdr.state.compare_exchange(state::OFFERED, state::CLAIMED, Ordering::AcqRel, Ordering::Acquire).is_err() {
+        return Err(Reason::ClaimTimeout);
+    }
+    hdr.server_pid.store(sys::getpid(), Ordering::Relaxed);
+    let _ = sys::write(bell_tx.as_raw_fd(), &[1]);
+    Ok(Arc::new(ShmStream::new(map, SERVER, rec.ring_size, bell_rx, bell_tx)))
+}

@@ -1,0 +1,394 @@
+//! The fence around the operating system: every system call the transport makes lives
+//! here, behind small functions that return `io::Result`.
+//!
+//! Calls whose libc symbols the preload library intercepts (read, write, close, poll,
+//! fcntl, ioctl, getsockopt, ...) are made with `syscall(2)` directly, so that the
+//! shim's own I/O can never re-enter its hooks. Calls it does not intercept (mmap,
+//! fstat, flock, pipe2, ...) go through libc as usual.
+#![allow(unsafe_code)]
+
+use std::ffi::CString;
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+
+/// Issue a raw system call; `-1` becomes the `io::Error` for errno.
+macro_rules! syscall {
+    ($nr:ident $(, $arg:expr)* $(,)?) => {{
+        // SAFETY: the caller passes arguments valid for this system call.
+        let r = unsafe { libc::syscall(libc::$nr $(, $arg as libc::c_long)*) };
+        if r < 0 { Err(io::Error::last_os_error()) } else { Ok(r) }
+    }};
+}
+
+/// Map a libc return value (`-1` on error) into `io::Result`.
+fn cvt<T: PartialOrd + Default>(r: T) -> io::Result<T> {
+    if r < T::default() {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(r)
+    }
+}
+
+pub fn read(fd: RawFd, buf: &mut [u8]) -> io::Result<usize> {
+    syscall!(SYS_read, fd, buf.as_mut_ptr(), buf.len()).map(|n| n as usize)
+}
+
+/// Read into raw memory (a ring), for sendfile/splice sources.
+///
+/// # Safety
+/// `ptr..ptr+len` must be writable memory owned by the caller.
+pub unsafe fn read_raw(fd: RawFd, ptr: *mut u8, len: usize) -> io::Result<usize> {
+    syscall!(SYS_read, fd, ptr, len).map(|n| n as usize)
+}
+
+/// Positional read into raw memory.
+///
+/// # Safety
+/// As [`read_raw`].
+pub unsafe fn pread_raw(fd: RawFd, ptr: *mut u8, len: usize, off: i64) -> io::Result<usize> {
+    syscall!(SYS_pread64, fd, ptr, len, off).map(|n| n as usize)
+}
+
+pub fn write(fd: RawFd, buf: &[u8]) -> io::Result<usize> {
+    syscall!(SYS_write, fd, buf.as_ptr(), buf.len()).map(|n| n as usize)
+}
+
+/// Write from raw memory (a ring), for splice destinations.
+///
+/// # Safety
+/// `ptr..ptr+len` must be readable memory.
+pub unsafe fn write_raw(fd: RawFd, ptr: *const u8, len: usize) -> io::Result<usize> {
+    syscall!(SYS_write, fd, ptr, len).map(|n| n as usize)
+}
+
+pub fn close(fd: RawFd) -> io::Result<()> {
+    syscall!(SYS_close, fd).map(drop)
+}
+
+/// Take ownership of a raw fd returned by a successful system call.
+pub fn owned(fd: RawFd) -> OwnedFd {
+    // SAFETY: callers pass only fds they just received from the kernel.
+    unsafe { OwnedFd::from_raw_fd(fd) }
+}
+
+pub fn fcntl(fd: RawFd, cmd: libc::c_int, arg: libc::c_long) -> io::Result<libc::c_int> {
+    syscall!(SYS_fcntl, fd, cmd, arg).map(|r| r as libc::c_int)
+}
+
+/// Is O_NONBLOCK set on the open file description behind `fd`? Read from the kernel each
+/// time, so that a change made through a dup, a forked child or ioctl(FIONBIO) is seen.
+pub fn is_nonblocking(fd: RawFd) -> io::Result<bool> {
+    Ok(fcntl(fd, libc::F_GETFL, 0)? & libc::O_NONBLOCK != 0)
+}
+
+/// Duplicate `fd` to the lowest free number >= `min`, close-on-exec.
+pub fn dup_min(fd: RawFd, min: RawFd) -> io::Result<RawFd> {
+    fcntl(fd, libc::F_DUPFD_CLOEXEC, min as libc::c_long)
+}
+
+pub fn poll(fds: &mut [libc::pollfd], timeout_ms: i32) -> io::Result<usize> {
+    syscall!(SYS_poll, fds.as_mut_ptr(), fds.len(), timeout_ms).map(|n| n as usize)
+}
+
+/// poll(2) with a timespec and an optional signal mask, as ppoll(2).
+pub fn ppoll(
+    fds: &mut [libc::pollfd],
+    timeout: Option<&libc::timespec>,
+    sigmask: Option<&libc::sigset_t>,
+) -> io::Result<usize> {
+    let ts = timeout.map_or(std::ptr::null(), |t| t as *const libc::timespec);
+    let mask = sigmask.map_or(std::ptr::null(), |m| m as *const libc::sigset_t);
+    // The kernel's sigset is 64 bits on x86_64 (_NSIG / 8).
+    syscall!(SYS_ppoll, fds.as_mut_ptr(), fds.len(), ts, mask, 8).map(|n| n as usize)
+}
+
+pub fn getsockopt_raw(
+    fd: RawFd,
+    level: libc::c_int,
+    name: libc::c_int,
+    val: *mut libc::c_void,
+    len: *mut libc::socklen_t,
+) -> io::Result<()> {
+    syscall!(SYS_getsockopt, fd, level, name, val, len).map(drop)
+}
+
+/// Read a fixed-size socket option value.
+pub fn getsockopt<T: Copy + Default>(fd: RawFd, level: libc::c_int, name: libc::c_int) -> io::Result<T> {
+    let mut v = T::default();
+    let mut len = std::mem::size_of::<T>() as libc::socklen_t;
+    getsockopt_raw(fd, level, name, &mut v as *mut T as *mut libc::c_void, &mut len)?;
+    Ok(v)
+}
+
+pub fn setsockopt<T: Copy>(fd: RawFd, level: libc::c_int, name: libc::c_int, v: T) -> io::Result<()> {
+    let len = std::mem::size_of::<T>() as libc::socklen_t;
+    syscall!(SYS_setsockopt, fd, level, name, &v as *const T, len).map(drop)
+}
+
+/// A socket's receive or send timeout (SO_RCVTIMEO / SO_SNDTIMEO); `None` when unset.
+pub fn sock_timeout(fd: RawFd, name: libc::c_int) -> io::Result<Option<std::time::Duration>> {
+    let tv: libc::timeval = getsockopt_tv(fd, name)?;
+    if tv.tv_sec == 0 && tv.tv_usec == 0 {
+        return Ok(None);
+    }
+    Ok(Some(std::time::Duration::new(tv.tv_sec as u64, tv.tv_usec as u32 * 1000)))
+}
+
+fn getsockopt_tv(fd: RawFd, name: libc::c_int) -> io::Result<libc::timeval> {
+    let mut tv = libc::timeval { tv_sec: 0, tv_usec: 0 };
+    let mut len = std::mem::size_of::<libc::timeval>() as libc::socklen_t;
+    getsockopt_raw(fd, libc::SOL_SOCKET, name, &mut tv as *mut _ as *mut libc::c_void, &mut len)?;
+    Ok(tv)
+}
+
+/// The socket's type (SOCK_STREAM, ...), or an error when `fd` is not a socket.
+pub fn sock_type(fd: RawFd) -> io::Result<libc::c_int> {
+    getsockopt::<libc::c_int>(fd, libc::SOL_SOCKET, libc::SO_TYPE)
+}
+
+pub fn sock_domain(fd: RawFd) -> io::Result<libc::c_int> {
+    getsockopt::<libc::c_int>(fd, libc::SOL_SOCKET, libc::SO_DOMAIN)
+}
+
+pub fn getsockname(fd: RawFd) -> io::Result<crate::addr::SockAddr> {
+    let mut ss: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+    syscall!(SYS_getsockname, fd, &mut ss as *mut libc::sockaddr_storage, &mut len as *mut libc::socklen_t)?;
+    crate::addr::SockAddr::from_storage(&ss).ok_or_else(|| io::Error::from_raw_os_error(libc::EAFNOSUPPORT))
+}
+
+pub fn getpeername(fd: RawFd) -> io::Result<crate::addr::SockAddr> {
+    let mut ss: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+    syscall!(SYS_getpeername, fd, &mut ss as *mut libc::sockaddr_storage, &mut len as *mut libc::socklen_t)?;
+    crate::addr::SockAddr::from_storage(&ss).ok_or_else(|| io::Error::from_raw_os_error(libc::EAFNOSUPPORT))
+}
+
+/// recv(2) with flags, on a kernel socket.
+pub fn recv(fd: RawFd, buf: &mut [u8], flags: libc::c_int) -> io::Result<usize> {
+    syscall!(SYS_recvfrom, fd, buf.as_mut_ptr(), buf.len(), flags, 0, 0).map(|n| n as usize)
+}
+
+/// send(2) with flags, on a kernel socket.
+pub fn send(fd: RawFd, buf: &[u8], flags: libc::c_int) -> io::Result<usize> {
+    syscall!(SYS_sendto, fd, buf.as_ptr(), buf.len(), flags, 0, 0).map(|n| n as usize)
+}
+
+pub fn fstat(fd: RawFd) -> io::Result<libc::stat> {
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: st is a valid out-pointer.
+    cvt(unsafe { libc::fstat(fd, &mut st) })?;
+    Ok(st)
+}
+
+pub fn lstat(path: &str) -> io::Result<libc::stat> {
+    let c = cstr(path)?;
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: c is NUL-terminated, st a valid out-pointer.
+    cvt(unsafe { libc::lstat(c.as_ptr(), &mut st) })?;
+    Ok(st)
+}
+
+fn cstr(s: &str) -> io::Result<CString> {
+    CString::new(s).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))
+}
+
+/// open(2) without the intercepted wrappers' involvement (open is not intercepted, but
+/// this keeps every fd the shim makes close-on-exec).
+pub fn open(path: &str, flags: libc::c_int, mode: libc::mode_t) -> io::Result<OwnedFd> {
+    let c = cstr(path)?;
+    // SAFETY: c is NUL-terminated.
+    let fd = cvt(unsafe { libc::open(c.as_ptr(), flags | libc::O_CLOEXEC, mode as libc::c_uint) })?;
+    Ok(owned(fd))
+}
+
+pub fn mkdir(path: &str, mode: libc::mode_t) -> io::Result<()> {
+    let c = cstr(path)?;
+    // SAFETY: c is NUL-terminated.
+    cvt(unsafe { libc::mkdir(c.as_ptr(), mode) }).map(drop)
+}
+
+pub fn unlink(path: &str) -> io::Result<()> {
+    let c = cstr(path)?;
+    // SAFETY: c is NUL-terminated.
+    cvt(unsafe { libc::unlink(c.as_ptr()) }).map(drop)
+}
+
+pub fn rename(from: &str, to: &str) -> io::Result<()> {
+    let (a, b) = (cstr(from)?, cstr(to)?);
+    // SAFETY: both NUL-terminated.
+    cvt(unsafe { libc::rename(a.as_ptr(), b.as_ptr()) }).map(drop)
+}
+
+pub fn readlink(path: &str) -> io::Result<String> {
+    let c = cstr(path)?;
+    let mut buf = [0u8; 256];
+    // SAFETY: buf is writable for its length.
+    let n = cvt(unsafe { libc::readlink(c.as_ptr(), buf.as_mut_ptr() as *mut libc::c_char, buf.len()) })?;
+    Ok(String::from_utf8_lossy(&buf[..n as usize]).into_owned())
+}
+
+/// flock(2); `Ok(false)` when a non-blocking request would block.
+pub fn flock(fd: &OwnedFd, op: libc::c_int) -> io::Result<bool> {
+    // SAFETY: plain syscall on an owned fd.
+    match cvt(unsafe { libc::flock(fd.as_raw_fd(), op) }) {
+        Ok(_) => Ok(true),
+        Err(e) if e.raw_os_error() == Some(libc::EWOULDBLOCK) => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+pub fn ftruncate(fd: &OwnedFd, len: u64) -> io::Result<()> {
+    // SAFETY: plain syscall on an owned fd.
+    cvt(unsafe { libc::ftruncate(fd.as_raw_fd(), len as libc::off_t) }).map(drop)
+}
+
+pub fn pwrite_all(fd: &OwnedFd, buf: &[u8], off: u64) -> io::Result<()> {
+    let n = syscall!(SYS_pwrite64, fd.as_raw_fd(), buf.as_ptr(), buf.len(), off)?;
+    if n as usize != buf.len() {
+        return Err(io::Error::from_raw_os_error(libc::EIO));
+    }
+    Ok(())
+}
+
+pub fn pread_exact(fd: &OwnedFd, buf: &mut [u8], off: u64) -> io::Result<()> {
+    let n = syscall!(SYS_pread64, fd.as_raw_fd(), buf.as_mut_ptr(), buf.len(), off)?;
+    if n as usize != buf.len() {
+        return Err(io::Error::from_raw_os_error(libc::EIO));
+    }
+    Ok(())
+}
+
+/// A pipe, both ends close-on-exec; the read end blocking (waits block in read(2), which
+/// gives the same SA_RESTART behaviour as a blocking recv), the write end non-blocking
+/// (a full doorbell pipe already rings).
+pub fn doorbell_pipe() -> io::Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [0; 2];
+    // SAFETY: fds is a valid out-array of two ints.
+    cvt(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) })?;
+    let (r, w) = (owned(fds[0]), owned(fds[1]));
+    fcntl(w.as_raw_fd(), libc::F_SETFL, libc::O_NONBLOCK as libc::c_long)?;
+    Ok((r, w))
+}
+
+pub fn eventfd() -> io::Result<OwnedFd> {
+    // SAFETY: plain syscall.
+    cvt(unsafe { libc::eventfd(0, libc::EFD_CLOEXEC) }).map(owned)
+}
+
+pub fn getpid() -> u32 {
+    // SAFETY: always succeeds.
+    unsafe { libc::getpid() as u32 }
+}
+
+pub fn getuid() -> u32 {
+    // SAFETY: always succeeds.
+    unsafe { libc::getuid() }
+}
+
+/// The CPU this thread runs on now (vDSO/rseq, no system call on current glibc).
+pub fn current_cpu() -> u32 {
+    // SAFETY: always safe to call.
+    let c = unsafe { libc::sched_getcpu() };
+    if c < 0 { u32::MAX } else { c as u32 }
+}
+
+pub fn sched_yield() {
+    // SAFETY: always safe to call.
+    unsafe { libc::sched_yield() };
+}
+
+pub fn online_cpus() -> usize {
+    // SAFETY: always safe to call.
+    let n = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) };
+    if n < 1 { 1 } else { n as usize }
+}
+
+/// Send SIGPIPE to the calling thread, as the kernel does for a write to a closed stream.
+pub fn raise_sigpipe() {
+    // SAFETY: tgkill on our own thread.
+    unsafe {
+        libc::syscall(libc::SYS_tgkill, libc::getpid(), libc::gettid(), libc::SIGPIPE);
+    }
+}
+
+/// A shared, read-write mapping of `len` bytes of `fd`.
+pub struct Mapping {
+    ptr: *mut u8,
+    len: usize,
+}
+
+// SAFETY: the mapping is plain shared memory; all shared access goes through atomics or
+// through the ring's single-producer/single-consumer protocol.
+unsafe impl Send for Mapping {}
+unsafe impl Sync for Mapping {}
+
+impl Mapping {
+    pub fn shared(fd: RawFd, len: usize) -> io::Result<Mapping> {
+        // SAFETY: a fresh mapping at an address the kernel chooses.
+        let p = unsafe {
+            libc::mmap(std::ptr::null_mut(), len, libc::PROT_READ | libc::PROT_WRITE, libc::MAP_SHARED, fd, 0)
+        };
+        if p == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(Mapping { ptr: p as *mut u8, len })
+    }
+    pub fn shared_readonly(fd: RawFd, len: usize) -> io::Result<Mapping> {
+        // SAFETY: as `shared`, read-only.
+        let p = unsafe { libc::mmap(std::ptr::null_mut(), len, libc::PROT_READ, libc::MAP_SHARED, fd, 0) };
+        if p == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(Mapping { ptr: p as *mut u8, len })
+    }
+    pub fn as_ptr(&self) -> *mut u8 {
+        self.ptr
+    }
+    pub fn len(&self) -> usize {
+        self.len
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
+
+impl Drop for Mapping {
+    fn drop(&mut self) {
+        // SAFETY: we own the mapping.
+        unsafe { libc::munmap(self.ptr as *mut libc::c_void, self.len) };
+    }
+}
+
+/// The inode of this process's network namespace (so that registry entries of one
+/// namespace are never matched in another).
+pub fn netns_id() -> u64 {
+    readlink("/proc/self/ns/net")
+        .ok()
+        .and_then(|s| s.trim_start_matches("net:[").trim_end_matches(']').parse().ok())
+        .unwrap_or(0)
+}
+
+/// Current soft RLIMIT_NOFILE.
+pub fn nofile_limit() -> u64 {
+    let mut r = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: r is a valid out-pointer.
+    unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) };
+    r.rlim_cur
+}
+
+/// Monotonic clock in nanoseconds (vDSO).
+pub fn now_ns() -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: ts is a valid out-pointer.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// 64 random bits from the kernel.
+pub fn random_u64() -> u64 {
+    let mut v = 0u64;
+    // SAFETY: v is 8 writable bytes.
+    unsafe { libc::getrandom(&mut v as *mut u64 as *mut libc::c_void, 8, 0) };
+    v ^ now_ns().rotate_left(17) ^ (getpid() as u64) << 32
+}

@@ -1,0 +1,288 @@
+//! Waiting for a connection: bounded spinning while the peer runs on another CPU,
+//! yielding while it runs on ours, and otherwise blocking on the doorbell.
+//!
+//! The doorbell is a pipe per side: the side blocks in read(2) on its end (pollable, so
+//! poll/select/epoll can wait on it beside kernel fds; and a blocking read gives the same
+//! EINTR/SA_RESTART behaviour as a blocking recv). The peer writes one byte only after it
+//! cleared a wait bit the sleeper had set in shared memory, so while both sides are awake
+//! no system call is made per message.
+//!
+//! Several threads of one process may wait on one connection at once (a reader and a
+//! writer, or a poll beside a recv). A byte read from the pipe by one of them must not be
+//! lost to the others, so per connection and process one thread at a time is the
+//! *leader* that blocks on the pipe; the others are *followers* that block on their own
+//! thread's eventfd and are signalled by the leader whenever it wakes or leaves. Every
+//! waiter registers before it sets its wait bits and re-checks its condition, so any byte
+//! it could be owed is either not yet read or read by a leader that will signal it.
+//!
+//! Lock order: a connection's `LocalBell` mutex is a leaf; nothing else is taken under it.
+#![allow(unsafe_code)]
+
+use crate::sys;
+use parking_lot::Mutex;
+use std::cell::RefCell;
+use std::io;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::time::Duration;
+
+/// Where the first internal fd may be placed: high, out of the range programs expect
+/// their own fds in (they rely on "lowest free number" and often on fds < 1024 for
+/// select()). Chosen once from RLIMIT_NOFILE.
+pub fn fd_floor() -> RawFd {
+    static FLOOR: std::sync::OnceLock<RawFd> = std::sync::OnceLock::new();
+    *FLOOR.get_or_init(|| {
+        let lim = sys::nofile_limit().min(1 << 20) as RawFd;
+        (lim / 2).max(64)
+    })
+}
+
+/// Move an internal fd above the floor (close-on-exec). If there is no room there, keep
+/// it where it is: correctness does not depend on the number.
+pub fn hide_fd(fd: OwnedFd) -> OwnedFd {
+    match sys::dup_min(fd.as_raw_fd(), fd_floor()) {
+        Ok(high) => sys::owned(high),
+        Err(_) => fd,
+    }
+}
+
+thread_local! {
+    /// This thread's eventfd, for waiting as a follower. Created on first need, closed
+    /// when the thread exits.
+    static THREAD_EVENT: RefCell<Option<OwnedFd>> = const { RefCell::new(None) };
+}
+
+pub fn thread_event_fd() -> io::Result<RawFd> {
+    THREAD_EVENT.with(|t| {
+        let mut t = t.borrow_mut();
+        if t.is_none() {
+            *t = Some(hide_fd(sys::eventfd()?));
+        }
+        Ok(t.as_ref().map(|f| f.as_raw_fd()).unwrap_or(-1))
+    })
+}
+
+fn signal_event(fd: RawFd) {
+    let _ = sys::write(fd, &1u64.to_ne_bytes());
+}
+
+/// Process-local waiter bookkeeping for one connection's doorbell.
+#[derive(Default)]
+pub struct LocalBell {
+    inner: Mutex<BellInner>,
+}
+
+#[derive(Default)]
+struct BellInner {
+    leader: bool,
+    /// Eventfds of threads waiting as followers.
+    followers: Vec<RawFd>,
+}
+
+/// How a thread takes part in one connection's wait.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    Leader,
+    Follower(RawFd),
+}
+
+impl LocalBell {
+    /// Join the wait: become the leader if there is none, else a follower.
+    pub fn join(&self) -> io::Result<Role> {
+        let mut g = self.inner.lock();
+        if !g.leader {
+            g.leader = true;
+            return Ok(Role::Leader);
+        }
+        let ev = thread_event_fd()?;
+        g.followers.push(ev);
+        Ok(Role::Follower(ev))
+    }
+
+    /// Leave the wait. A leader that leaves signals every follower, so that one of them
+    /// takes over the pipe (and each re-checks its condition).
+    pub fn leave(&self, role: Role) {
+        let mut g = self.inner.lock();
+        match role {
+            Role::Leader => {
+                g.leader = false;
+                for &f in &g.followers {
+                    signal_event(f);
+                }
+            }
+            Role::Follower(ev) => {
+                if let Some(i) = g.followers.iter().position(|&f| f == ev) {
+                    g.followers.swap_remove(i);
+                }
+            }
+        }
+    }
+
+    /// The leader read bytes from the pipe: tell the followers.
+    pub fn woke(&self) {
+        let g = self.inner.lock();
+        for &f in &g.followers {
+            signal_event(f);
+        }
+    }
+}
+
+/// Outcome of one blocking step.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Woke {
+    /// Something may have changed: re-check.
+    Maybe,
+    /// The pipe's writers are all gone: the peer closed or died.
+    PeerGone,
+    TimedOut,
+    /// A signal handler ran (and the blocking call was not restarted).
+    Interrupted,
+}
+
+/// Block once, as `role`, on `bell` (the connection's doorbell read end), until a byte,
+/// EOF, a signal or the timeout.
+pub fn block(bell: RawFd, role: Role, timeout: Option<Duration>) -> Woke {
+    let fd = match role {
+        Role::Leader => bell,
+        Role::Follower(ev) => ev,
+    };
+    if let Some(t) = timeout {
+        let ms = t.as_millis().min(i32::MAX as u128) as i32;
+        // Round up so that a sub-millisecond remainder still waits.
+        let ms = if ms == 0 && !t.is_zero() { 1 } else { ms };
+        let mut p = [libc::pollfd { fd, events: libc::POLLIN, revents: 0 }];
+        match sys::poll(&mut p, ms) {
+            Ok(0) => return Woke::TimedOut,
+            Ok(_) => {}
+            Err(e) if e.raw_os_error() == Some(libc::EINTR) => return Woke::Interrupted,
+            Err(_) => return Woke::Maybe,
+        }
+        if p[0].revents & libc::POLLIN == 0 && p[0].revents & libc::POLLHUP != 0 {
+            return Woke::PeerGone;
+        }
+    }
+    let mut buf = [0u8; 64];
+    match sys::read(fd, &mut buf) {
+        Ok(0) if role == Role::Leader => Woke::PeerGone,
+        Ok(_) => Woke::Maybe,
+        Err(e) if e.raw_os_error() == Some(libc::EINTR) => Woke::Interrupted,
+        Err(_) => Woke::Maybe,
+    }
+}
+
+/// After poll(2) reported `revents` on a led doorbell: consume what is there.
+/// Returns true when the peer is gone.
+pub fn drain_after_poll(bell: RawFd, revents: i16) -> bool {
+    if revents & libc::POLLIN != 0 {
+        let mut buf = [0u8; 64];
+        return matches!(sys::read(bell, &mut buf), Ok(0));
+    }
+    revents & (libc::POLLHUP | libc::POLLERR) != 0
+}
+
+/// Consume pending signals on this thread's eventfd (after a poll that included it).
+pub fn drain_event(ev: RawFd) {
+    let mut buf = [0u8; 8];
+    let _ = sys::read(ev, &mut buf);
+}
+
+/// The spin policy.
+#[derive(Clone, Copy, Debug)]
+pub struct SpinPolicy {
+    pub budget: Duration,
+    pub cpus: usize,
+}
+
+/// What to do before blocking, given where the peer last ran.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Approach {
+    /// Busy-wait: the peer is running on another CPU.
+    Spin,
+    /// Give our CPU to the peer: it is runnable on this very CPU.
+    Yield,
+    /// Block at once.
+    Block,
+}
+
+impl SpinPolicy {
+    /// `peer_parked`: the peer is blocked in the kernel (it cannot make progress for us
+    /// without being woken). Spinning for a parked or absent peer only burns a CPU, and
+    /// two spinners on two CPUs starve everyone else, hence the budget.
+    pub fn approach(&self, peer_parked: bool, peer_cpu: u32, my_cpu: u32) -> Approach {
+        if self.budget.is_zero() || peer_parked {
+            Approach::Block
+        } else if peer_cpu == my_cpu {
+            Approach::Yield
+        } else if self.cpus > 1 && peer_cpu != u32::MAX {
+            Approach::Spin
+        } else {
+            Approach::Block
+        }
+    }
+}
+
+/// Busy-wait (or yield) until `ready` or the budget is spent. Returns `ready`'s last value.
+pub fn spin_until(approach: &Approach, budget: Duration, mut ready: impl FnMut() -> bool) -> bool {
+    let deadline = sys::now_ns() + budget.as_nanos() as u64;
+    loop {
+        for _ in 0..64 {
+            if ready() {
+                return true;
+            }
+            match approach {
+                Approach::Yield => sys::sched_yield(),
+                _ => std::hint::spin_loop(),
+            }
+        }
+        if sys::now_ns() >= deadline {
+            return ready();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    #[test]
+    fn approach_rules() {
+        let p = SpinPolicy { budget: Duration::from_micros(50), cpus: 2 };
+        assert_eq!(p.approach(false, 1, 0), Approach::Spin);
+        assert_eq!(p.approach(false, 0, 0), Approach::Yield);
+        assert_eq!(p.approach(true, 1, 0), Approach::Block);
+        let one = SpinPolicy { budget: Duration::from_micros(50), cpus: 1 };
+        assert_eq!(one.approach(false, 1, 0), Approach::Block);
+        let none = SpinPolicy { budget: Duration::ZERO, cpus: 8 };
+        assert_eq!(none.approach(false, 1, 0), Approach::Block);
+    }
+
+    #[test]
+    fn follower_is_signalled_when_the_leader_wakes() {
+        let (r, w) = sys::doorbell_pipe().unwrap();
+        let bell = Arc::new(LocalBell::default());
+        assert_eq!(bell.join().unwrap(), Role::Leader);
+        let b2 = bell.clone();
+        let rfd = r.as_raw_fd();
+        let t = std::thread::spawn(move || {
+            let role = b2.join().unwrap();
+            assert!(matches!(role, Role::Follower(_)));
+            let woke = block(rfd, role, Some(Duration::from_secs(10)));
+            b2.leave(role);
+            woke
+        });
+        // Wait until the follower registered (bounded).
+        let start = std::time::Instant::now();
+        while bell.inner.lock().followers.is_empty() {
+            assert!(start.elapsed() < Duration::from_secs(10));
+            std::thread::yield_now();
+        }
+        sys::write(w.as_raw_fd(), b"x").unwrap();
+        assert_eq!(block(r.as_raw_fd(), Role::Leader, None), Woke::Maybe);
+        bell.woke();
+        assert_eq!(t.join().unwrap(), Woke::Maybe);
+        bell.leave(Role::Leader);
+        drop(w);
+        assert_eq!(bell.join().unwrap(), Role::Leader);
+        assert_eq!(block(r.as_raw_fd(), Role::Leader, None), Woke::PeerGone);
+    }
+}
