@@ -1,0 +1,102 @@
+//! The rdmasock command: `rdmasock stat [--json]` lists the current user's live
+//! connections; `rdmasock run [--] CMD ARGS...` runs a program with the library preloaded.
+
+use rdmasock_transport::config::Config;
+use rdmasock_transport::registry::Registry;
+use rdmasock_transport::stats;
+use std::os::unix::process::CommandExt;
+use std::process::{exit, Command};
+
+const USAGE: &str = "usage: rdmasock stat [--json]\n       rdmasock run [--] CMD [ARGS...]\n";
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match args.first().map(String::as_str) {
+        Some("stat") => stat(args[1..].iter().any(|a| a == "--json")),
+        Some("run") => run(&args[1..]),
+        Some("-h") | Some("--help") => print!("{USAGE}"),
+        _ => {
+            eprint!("{USAGE}");
+            exit(2);
+        }
+    }
+}
+
+fn json_str(s: &str) -> String {
+    let mut o = String::with_capacity(s.len() + 2);
+    o.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => o.push_str("\\\""),
+            '\\' => o.push_str("\\\\"),
+            c if (c as u32) < 0x20 => o.push_str(&format!("\\u{:04x}", c as u32)),
+            c => o.push(c),
+        }
+    }
+    o.push('"');
+    o
+}
+
+fn stat(json: bool) {
+    let cfg = Config::from_env();
+    let rows = match Registry::open(&cfg.dir) {
+        Ok(reg) => {
+            reg.sweep();
+            stats::read_all(&reg)
+        }
+        Err(e) => {
+            eprintln!("rdmasock: registry {}: {e}", cfg.dir);
+            Vec::new()
+        }
+    };
+    if json {
+        let items: Vec<String> = rows
+            .iter()
+            .map(|r| {
+                format!(
+                    "{{\"pid\":{},\"fd\":{},\"role\":{},\"path\":{},\"reason\":{},\"local\":{},\"peer\":{},\"bytes_in\":{},\"bytes_out\":{}}}",
+                    r.pid, r.fd, json_str(r.role), json_str(r.path), json_str(r.reason),
+                    json_str(&r.local.to_string()), json_str(&r.peer.to_string()), r.bytes_in, r.bytes_out
+                )
+            })
+            .collect();
+        println!("{{\"connections\":[{}]}}", items.join(","));
+        return;
+    }
+    println!("{:>7} {:>5} {:<6} {:<7} {:<22} {:<22} {:>14} {:>14}  reason", "pid", "fd", "role", "path", "local", "peer", "bytes_in", "bytes_out");
+    for r in &rows {
+        println!(
+            "{:>7} {:>5} {:<6} {:<7} {:<22} {:<22} {:>14} {:>14}  {}",
+            r.pid, r.fd, r.role, r.path, r.local.to_string(), r.peer.to_string(), r.bytes_in, r.bytes_out, r.reason
+        );
+    }
+}
+
+/// The library next to this executable, unless RDMASOCK_LIB names one.
+fn library() -> String {
+    if let Ok(p) = std::env::var("RDMASOCK_LIB") {
+        return p;
+    }
+    let exe = std::env::current_exe().unwrap_or_default();
+    exe.with_file_name("librdmasock.so").to_string_lossy().into_owned()
+}
+
+fn run(args: &[String]) {
+    let args = if args.first().map(String::as_str) == Some("--") { &args[1..] } else { args };
+    let Some(cmd) = args.first() else {
+        eprint!("{USAGE}");
+        exit(2);
+    };
+    let lib = library();
+    if !std::path::Path::new(&lib).exists() {
+        eprintln!("rdmasock: library {lib} not found (set RDMASOCK_LIB)");
+        exit(127);
+    }
+    let preload = match std::env::var("LD_PRELOAD") {
+        Ok(p) if !p.is_empty() => format!("{lib}:{p}"),
+        _ => lib,
+    };
+    let err = Command::new(cmd).args(&args[1..]).env("LD_PRELOAD", preload).exec();
+    eprintln!("rdmasock: cannot run {cmd}: {err}");
+    exit(127);
+}

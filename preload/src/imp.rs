@@ -1,0 +1,882 @@
+//! The intercepted calls. Each starts with a lock-free check of the fd bitmaps: calls on
+//! fds the shim does not manage go straight to libc. The rest run inside [`boundary`],
+//! which contains panics and is the only place errno is written.
+#![allow(unsafe_code)]
+#![allow(clippy::missing_safety_doc)]
+
+use crate::hooks::real;
+use crate::sock::{log_decision, Conn, Entry, InProgress, Listener};
+use crate::state;
+use crate::table::{self, DATA, INTERNAL, TRACKED};
+use libc::{c_int, c_uint, c_ulong, c_void, iovec, loff_t, mmsghdr, msghdr, off64_t, off_t, size_t, sockaddr, socklen_t, ssize_t};
+use rdmasock_transport::addr::SockAddr;
+use rdmasock_transport::conn::{wait_stream, WaitEnd};
+use rdmasock_transport::config::LogLevel;
+use rdmasock_transport::diag;
+use rdmasock_transport::fabric::{Fabric, Reason, Shutdown, Stream, StreamError};
+use rdmasock_transport::layout::{wait, ListenerRepr, LISTENER_V6ONLY};
+use rdmasock_transport::stats::{ROLE_CLIENT, ROLE_SERVER};
+use rdmasock_transport::sys;
+use std::cell::Cell;
+use std::io::{IoSlice, IoSliceMut};
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+
+fn errno() -> i32 {
+    // SAFETY: errno is thread-local and always valid.
+    unsafe { *libc::__errno_location() }
+}
+
+pub(crate) fn set_errno(e: i32) {
+    // SAFETY: as errno().
+    unsafe { *libc::__errno_location() = e };
+}
+
+thread_local! {
+    static IN_SHIM: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Run a managed call: contain panics, write errno only here (restoring the caller's
+/// errno on success, as a system call leaves it), and guard against re-entry.
+pub(crate) fn boundary<T: Copy>(fail: T, f: impl FnOnce() -> Result<T, i32>) -> T {
+    let saved = errno();
+    let was = IN_SHIM.with(|g| g.replace(true));
+    let r = std::panic::catch_unwind(AssertUnwindSafe(f));
+    IN_SHIM.with(|g| g.set(was));
+    match r {
+        Ok(Ok(v)) => {
+            set_errno(saved);
+            v
+        }
+        Ok(Err(e)) => {
+            set_errno(e);
+            fail
+        }
+        Err(_) => {
+            crate::log::raw_stderr(b"rdmasock: internal error (panic) contained; returning EIO\n");
+            set_errno(libc::EIO);
+            fail
+        }
+    }
+}
+
+pub(crate) fn reentered() -> bool {
+    IN_SHIM.with(|g| g.get())
+}
+
+/// A libc result as a Result: -1 means errno.
+fn pass<T: Copy + PartialEq + From<i8>>(r: T) -> Result<T, i32> {
+    if r == T::from(-1) {
+        Err(errno())
+    } else {
+        Ok(r)
+    }
+}
+
+fn conn_of(fd: c_int) -> Option<Arc<Conn>> {
+    match table::get(fd) {
+        Some(Entry::Conn(c)) => Some(c),
+        _ => None,
+    }
+}
+
+/// The stream of a managed fd, or None (kernel TCP: pass the call through).
+fn managed(fd: c_int) -> Option<(Arc<Conn>, Arc<dyn Stream>)> {
+    let c = conn_of(fd)?;
+    match c.stream(fd) {
+        Ok(Some(s)) => Some((c, s)),
+        Ok(None) => {
+            DATA.set(fd, false);
+            None
+        }
+        Err(InProgress) => None,
+    }
+}
+
+/// The fabric stream behind `fd`, if it has one (deciding a pending client first).
+pub(crate) fn managed_stream(fd: c_int) -> Option<Arc<dyn Stream>> {
+    managed(fd).map(|(_, s)| s)
+}
+
+// ---------------------------------------------------------------- receive / send
+
+fn stream_errno(e: StreamError, flags: c_int) -> i32 {
+    match e {
+        StreamError::WouldBlock => libc::EAGAIN,
+        StreamError::Reset => libc::ECONNRESET,
+        StreamError::Pipe => {
+            // As Linux: EPIPE comes with SIGPIPE unless MSG_NOSIGNAL.
+            if flags & libc::MSG_NOSIGNAL == 0 {
+                sys::raise_sigpipe();
+            }
+            libc::EPIPE
+        }
+    }
+}
+
+/// Block for `interest` as the socket's mode and timeouts say. Ok(()) to retry.
+fn block_on(fd: c_int, s: &dyn Stream, interest: u32, flags: c_int) -> Result<(), i32> {
+    if flags & libc::MSG_DONTWAIT != 0 || sys::is_nonblocking(fd).unwrap_or(false) {
+        return Err(libc::EAGAIN);
+    }
+    let opt = if interest == wait::DATA { libc::SO_RCVTIMEO } else { libc::SO_SNDTIMEO };
+    let timeout = sys::sock_timeout(fd, opt).unwrap_or(None);
+    match wait_stream(s, interest, timeout, state::policy()) {
+        WaitEnd::Ready => Ok(()),
+        // As Linux: a timed-out socket call fails with EAGAIN.
+        WaitEnd::TimedOut => Err(libc::EAGAIN),
+        WaitEnd::Interrupted => Err(libc::EINTR),
+    }
+}
+
+/// recv on a fabric stream. As Linux tcp_recvmsg: returns what is there (at least one
+/// byte) unless MSG_WAITALL, 0 at end of stream, partial counts on interruption.
+fn fabric_recv(fd: c_int, c: &Conn, s: &dyn Stream, mut bufs: &mut [IoSliceMut<'_>], flags: c_int) -> Result<usize, i32> {
+    let want: usize = bufs.iter().map(|b| b.len()).sum();
+    if flags & libc::MSG_OOB != 0 {
+        return Err(libc::EINVAL); // as Linux with no urgent data pending
+    }
+    let peek = flags & libc::MSG_PEEK != 0;
+    let waitall = flags & libc::MSG_WAITALL != 0 && !peek;
+    let mut got = 0usize;
+    loop {
+        match s.dequeue(bufs, peek) {
+            Ok(0) => return Ok(got),
+            Ok(n) => {
+                got += n;
+                if !peek {
+                    c.count_in(n);
+                }
+                if !waitall || got == want {
+                    return Ok(got);
+                }
+                IoSliceMut::advance_slices(&mut bufs, n);
+            }
+            Err(StreamError::WouldBlock) => match block_on(fd, s, wait::DATA, flags) {
+                Ok(()) => {}
+                Err(e) if got > 0 => {
+                    let _ = e;
+                    return Ok(got);
+                }
+                Err(e) => return Err(e),
+            },
+            Err(e) if got > 0 => {
+                let _ = e;
+                return Ok(got);
+            }
+            Err(e) => return Err(stream_errno(e, flags)),
+        }
+    }
+}
+
+/// send on a fabric stream. As Linux tcp_sendmsg: a blocking send moves everything
+/// unless interrupted or timed out (then the partial count).
+fn fabric_send(fd: c_int, c: &Conn, s: &dyn Stream, mut bufs: &mut [IoSlice<'_>], flags: c_int) -> Result<usize, i32> {
+    let want: usize = bufs.iter().map(|b| b.len()).sum();
+    let _serial = c.send_lock.lock();
+    let mut sent = 0usize;
+    loop {
+        match s.enqueue(bufs) {
+            Ok(n) => {
+                sent += n;
+                c.count_out(n);
+                if sent >= want {
+                    return Ok(sent.min(want));
+                }
+                IoSlice::advance_slices(&mut bufs, n);
+            }
+            Err(StreamError::WouldBlock) => match block_on(fd, s, wait::SPACE, flags) {
+                Ok(()) => {}
+                Err(_) if sent > 0 => return Ok(sent),
+                Err(e) => return Err(e),
+            },
+            Err(_) if sent > 0 => return Ok(sent),
+            Err(e) => return Err(stream_errno(e, flags)),
+        }
+    }
+}
+
+/// # Safety
+/// `iov` must point to `cnt` valid iovecs (IoSliceMut is ABI-compatible with iovec).
+unsafe fn iov_mut<'a>(iov: *const iovec, cnt: c_int) -> Result<Vec<IoSliceMut<'a>>, i32> {
+    if cnt < 0 || cnt > libc::UIO_MAXIOV {
+        return Err(libc::EINVAL);
+    }
+    if cnt == 0 {
+        return Ok(Vec::new());
+    }
+    let s = std::slice::from_raw_parts(iov as *const IoSliceMut<'a>, cnt as usize);
+    Ok(s.iter().map(|b| IoSliceMut::new(std::slice::from_raw_parts_mut(b.as_ptr() as *mut u8, b.len()))).collect())
+}
+
+/// # Safety
+/// As [`iov_mut`].
+unsafe fn iov<'a>(iov: *const iovec, cnt: c_int) -> Result<Vec<IoSlice<'a>>, i32> {
+    if cnt < 0 || cnt > libc::UIO_MAXIOV {
+        return Err(libc::EINVAL);
+    }
+    if cnt == 0 {
+        return Ok(Vec::new());
+    }
+    Ok(std::slice::from_raw_parts(iov as *const IoSlice<'a>, cnt as usize).to_vec())
+}
+
+unsafe fn one_mut<'a>(buf: *mut c_void, len: size_t) -> Vec<IoSliceMut<'a>> {
+    if len == 0 || buf.is_null() {
+        return vec![IoSliceMut::new(&mut [])];
+    }
+    vec![IoSliceMut::new(std::slice::from_raw_parts_mut(buf as *mut u8, len))]
+}
+
+unsafe fn one<'a>(buf: *const c_void, len: size_t) -> [IoSlice<'a>; 1] {
+    if len == 0 || buf.is_null() {
+        return [IoSlice::new(&[])];
+    }
+    [IoSlice::new(std::slice::from_raw_parts(buf as *const u8, len))]
+}
+
+/// Receive on `fd` into a buffer list, or pass through.
+fn recv_common(fd: c_int, bufs: impl FnOnce() -> Result<Vec<IoSliceMut<'static>>, i32>, flags: c_int, pass_through: impl FnOnce() -> ssize_t) -> ssize_t {
+    boundary(-1, || match managed(fd) {
+        Some((c, s)) => {
+            let mut b = bufs()?;
+            fabric_recv(fd, &c, &*s, &mut b, flags).map(|n| n as ssize_t)
+        }
+        None => pass(pass_through()),
+    })
+}
+
+fn send_common(fd: c_int, bufs: impl FnOnce() -> Result<Vec<IoSlice<'static>>, i32>, flags: c_int, pass_through: impl FnOnce() -> ssize_t) -> ssize_t {
+    boundary(-1, || match managed(fd) {
+        Some((c, s)) => {
+            let mut b = bufs()?;
+            fabric_send(fd, &c, &*s, &mut b, flags).map(|n| n as ssize_t)
+        }
+        None => pass(pass_through()),
+    })
+}
+
+pub unsafe fn read(fd: c_int, buf: *mut c_void, count: size_t) -> ssize_t {
+    if !DATA.get(fd) || reentered() {
+        return (real().read)(fd, buf, count);
+    }
+    recv_common(fd, || Ok(one_mut(buf, count)), 0, || (real().read)(fd, buf, count))
+}
+
+pub unsafe fn __read_chk(fd: c_int, buf: *mut c_void, count: size_t, buflen: size_t) -> ssize_t {
+    if !DATA.get(fd) || reentered() || count > buflen {
+        // libc's own check aborts on overflow, as it would without us.
+        return (real().__read_chk)(fd, buf, count, buflen);
+    }
+    read(fd, buf, count)
+}
+
+pub unsafe fn readv(fd: c_int, v: *const iovec, cnt: c_int) -> ssize_t {
+    if !DATA.get(fd) || reentered() {
+        return (real().readv)(fd, v, cnt);
+    }
+    recv_common(fd, || iov_mut(v, cnt), 0, || (real().readv)(fd, v, cnt))
+}
+
+pub unsafe fn recv(fd: c_int, buf: *mut c_void, len: size_t, flags: c_int) -> ssize_t {
+    if !DATA.get(fd) || reentered() {
+        return (real().recv)(fd, buf, len, flags);
+    }
+    recv_common(fd, || Ok(one_mut(buf, len)), flags, || (real().recv)(fd, buf, len, flags))
+}
+
+pub unsafe fn __recv_chk(fd: c_int, buf: *mut c_void, len: size_t, buflen: size_t, flags: c_int) -> ssize_t {
+    if !DATA.get(fd) || reentered() || len > buflen {
+        return (real().__recv_chk)(fd, buf, len, buflen, flags);
+    }
+    recv(fd, buf, len, flags)
+}
+
+pub unsafe fn recvfrom(fd: c_int, buf: *mut c_void, len: size_t, flags: c_int, addr: *mut sockaddr, alen: *mut socklen_t) -> ssize_t {
+    if !DATA.get(fd) || reentered() {
+        return (real().recvfrom)(fd, buf, len, flags, addr, alen);
+    }
+    let r = recv_common(fd, || Ok(one_mut(buf, len)), flags, || (real().recvfrom)(fd, buf, len, flags, addr, alen));
+    // As Linux for TCP: no source address; the length is set to 0.
+    if r >= 0 && !addr.is_null() && !alen.is_null() && DATA.get(fd) {
+        *alen = 0;
+    }
+    r
+}
+
+pub unsafe fn __recvfrom_chk(fd: c_int, buf: *mut c_void, len: size_t, buflen: size_t, flags: c_int, addr: *mut sockaddr, alen: *mut socklen_t) -> ssize_t {
+    if !DATA.get(fd) || reentered() || len > buflen {
+        return (real().__recvfrom_chk)(fd, buf, len, buflen, flags, addr, alen);
+    }
+    recvfrom(fd, buf, len, flags, addr, alen)
+}
+
+pub unsafe fn recvmsg(fd: c_int, msg: *mut msghdr, flags: c_int) -> ssize_t {
+    if !DATA.get(fd) || reentered() || msg.is_null() {
+        return (real().recvmsg)(fd, msg, flags);
+    }
+    let m = &mut *msg;
+    let r = recv_common(fd, || iov_mut(m.msg_iov, m.msg_iovlen as c_int), flags, || (real().recvmsg)(fd, msg, flags));
+    if r >= 0 && DATA.get(fd) {
+        // As Linux for TCP: no address, no control data, no flags.
+        m.msg_namelen = 0;
+        m.msg_controllen = 0;
+        m.msg_flags = 0;
+    }
+    r
+}
+
+pub unsafe fn recvmmsg(fd: c_int, msgs: *mut mmsghdr, vlen: c_uint, flags: c_int, timeout: *mut libc::timespec) -> c_int {
+    if !DATA.get(fd) || reentered() || msgs.is_null() {
+        return (real().recvmmsg)(fd, msgs, vlen, flags, timeout);
+    }
+    let mut done: c_uint = 0;
+    let mut f = flags & !libc::MSG_WAITFORONE;
+    while done < vlen {
+        let h = &mut *msgs.add(done as usize);
+        let r = recvmsg(fd, &mut h.msg_hdr, f);
+        if r < 0 {
+            if done > 0 {
+                break;
+            }
+            return -1;
+        }
+        h.msg_len = r as c_uint;
+        done += 1;
+        if r == 0 {
+            break;
+        }
+        if flags & libc::MSG_WAITFORONE != 0 {
+            f |= libc::MSG_DONTWAIT;
+        }
+    }
+    done as c_int
+}
+
+pub unsafe fn write(fd: c_int, buf: *const c_void, count: size_t) -> ssize_t {
+    if !DATA.get(fd) || reentered() {
+        return (real().write)(fd, buf, count);
+    }
+    send_common(fd, || Ok(one(buf, count).to_vec()), 0, || (real().write)(fd, buf, count))
+}
+
+pub unsafe fn writev(fd: c_int, v: *const iovec, cnt: c_int) -> ssize_t {
+    if !DATA.get(fd) || reentered() {
+        return (real().writev)(fd, v, cnt);
+    }
+    send_common(fd, || iov(v, cnt), 0, || (real().writev)(fd, v, cnt))
+}
+
+pub unsafe fn send(fd: c_int, buf: *const c_void, len: size_t, flags: c_int) -> ssize_t {
+    if !DATA.get(fd) || reentered() {
+        return (real().send)(fd, buf, len, flags);
+    }
+    send_common(fd, || Ok(one(buf, len).to_vec()), flags, || (real().send)(fd, buf, len, flags))
+}
+
+pub unsafe fn sendto(fd: c_int, buf: *const c_void, len: size_t, flags: c_int, addr: *const sockaddr, alen: socklen_t) -> ssize_t {
+    if !DATA.get(fd) || reentered() {
+        return (real().sendto)(fd, buf, len, flags, addr, alen);
+    }
+    // As Linux for a connected TCP socket: the address is ignored.
+    send_common(fd, || Ok(one(buf, len).to_vec()), flags, || (real().sendto)(fd, buf, len, flags, addr, alen))
+}
+
+pub unsafe fn sendmsg(fd: c_int, msg: *const msghdr, flags: c_int) -> ssize_t {
+    if !DATA.get(fd) || reentered() || msg.is_null() {
+        return (real().sendmsg)(fd, msg, flags);
+    }
+    let m = &*msg;
+    send_common(fd, || iov(m.msg_iov, m.msg_iovlen as c_int), flags, || (real().sendmsg)(fd, msg, flags))
+}
+
+pub unsafe fn sendmmsg(fd: c_int, msgs: *mut mmsghdr, vlen: c_uint, flags: c_int) -> c_int {
+    if !DATA.get(fd) || reentered() || msgs.is_null() {
+        return (real().sendmmsg)(fd, msgs, vlen, flags);
+    }
+    let mut done: c_uint = 0;
+    while done < vlen {
+        let h = &mut *msgs.add(done as usize);
+        let r = sendmsg(fd, &h.msg_hdr, flags);
+        if r < 0 {
+            if done > 0 {
+                break;
+            }
+            return -1;
+        }
+        h.msg_len = r as c_uint;
+        done += 1;
+    }
+    done as c_int
+}
+
+/// Move up to `count` bytes from `source` (which writes into a ring run) onto the
+/// fabric stream: the common body of sendfile and splice-to-socket.
+fn fabric_send_from(fd: c_int, c: &Conn, s: &dyn Stream, count: usize, nonblock_src: bool,
+    source: &mut dyn FnMut(*mut u8, usize) -> std::io::Result<usize>) -> Result<usize, i32> {
+    let _serial = c.send_lock.lock();
+    let mut sent = 0usize;
+    let mut eof = false;
+    while sent < count && !eof {
+        let mut fill = |p: *mut u8, len: usize| -> std::io::Result<usize> {
+            let want = len.min(count - sent);
+            if want == 0 {
+                return Ok(0);
+            }
+            let n = source(p, want)?;
+            if n == 0 {
+                eof = true;
+            }
+            sent += n;
+            Ok(n)
+        };
+        match s.enqueue_from(&mut fill) {
+            Ok(n) => {
+                c.count_out(n);
+                if n == 0 {
+                    break;
+                }
+            }
+            Err(StreamError::WouldBlock) if nonblock_src && sent == 0 => {
+                // The source had nothing (a non-blocking pipe) or the ring is full.
+                if s.has_space() {
+                    return Err(libc::EAGAIN);
+                }
+                block_on(fd, s, wait::SPACE, 0)?;
+            }
+            Err(StreamError::WouldBlock) => match block_on(fd, s, wait::SPACE, 0) {
+                Ok(()) => {}
+                Err(_) if sent > 0 => break,
+                Err(e) => return Err(e),
+            },
+            Err(_) if sent > 0 => break,
+            Err(e) => return Err(stream_errno(e, 0)),
+        }
+    }
+    Ok(sent)
+}
+
+unsafe fn sendfile_any(out_fd: c_int, in_fd: c_int, offset: Option<*mut i64>, count: size_t) -> Result<ssize_t, i32> {
+    let Some((c, s)) = managed(out_fd) else { return Err(-1) };
+    let mut off = offset.map(|p| *p);
+    let mut src = |p: *mut u8, len: usize| -> std::io::Result<usize> {
+        let n = match off {
+            Some(o) => sys::pread_raw(in_fd, p, len, o)?,
+            None => sys::read_raw(in_fd, p, len)?,
+        };
+        if let Some(o) = off.as_mut() {
+            *o += n as i64;
+        }
+        Ok(n)
+    };
+    let r = fabric_send_from(out_fd, &c, &*s, count.min(0x7fff_f000), false, &mut src);
+    if let (Some(p), Some(o)) = (offset, off) {
+        *p = o;
+    }
+    r.map(|n| n as ssize_t)
+}
+
+pub unsafe fn sendfile(out_fd: c_int, in_fd: c_int, offset: *mut off_t, count: size_t) -> ssize_t {
+    if !DATA.get(out_fd) || reentered() {
+        return (real().sendfile)(out_fd, in_fd, offset, count);
+    }
+    let off = if offset.is_null() { None } else { Some(offset as *mut i64) };
+    boundary(-1, || match sendfile_any(out_fd, in_fd, off, count) {
+        Err(-1) => pass((real().sendfile)(out_fd, in_fd, offset, count)),
+        r => r,
+    })
+}
+
+pub unsafe fn sendfile64(out_fd: c_int, in_fd: c_int, offset: *mut off64_t, count: size_t) -> ssize_t {
+    if !DATA.get(out_fd) || reentered() {
+        return (real().sendfile64)(out_fd, in_fd, offset, count);
+    }
+    let off = if offset.is_null() { None } else { Some(offset as *mut i64) };
+    boundary(-1, || match sendfile_any(out_fd, in_fd, off, count) {
+        Err(-1) => pass((real().sendfile64)(out_fd, in_fd, offset, count)),
+        r => r,
+    })
+}
+
+pub unsafe fn splice(fd_in: c_int, off_in: *mut loff_t, fd_out: c_int, off_out: *mut loff_t, len: size_t, flags: c_uint) -> ssize_t {
+    let pass_through = || (real().splice)(fd_in, off_in, fd_out, off_out, len, flags);
+    if (!DATA.get(fd_in) && !DATA.get(fd_out)) || reentered() {
+        return pass_through();
+    }
+    let nonblock = flags & libc::SPLICE_F_NONBLOCK != 0;
+    boundary(-1, || {
+        if let Some((c, s)) = managed(fd_out) {
+            // pipe -> socket
+            let mut src = |p: *mut u8, n: usize| sys::read_raw(fd_in, p, n);
+            return fabric_send_from(fd_out, &c, &*s, len, nonblock, &mut src).map(|n| n as ssize_t);
+        }
+        if let Some((c, s)) = managed(fd_in) {
+            // socket -> pipe
+            loop {
+                let mut sink = |p: *const u8, n: usize| sys::write_raw(fd_out, p, n.min(len));
+                match s.dequeue_into(&mut sink) {
+                    Ok(n) => {
+                        c.count_in(n);
+                        return Ok(n as ssize_t);
+                    }
+                    Err(StreamError::WouldBlock) if s.has_data() => return Err(libc::EAGAIN), // the pipe is full
+                    Err(StreamError::WouldBlock) => {
+                        block_on(fd_in, &*s, wait::DATA, if nonblock { libc::MSG_DONTWAIT } else { 0 })?
+                    }
+                    Err(e) => return Err(stream_errno(e, 0)),
+                }
+            }
+        }
+        pass(pass_through())
+    })
+}
+
+// ---------------------------------------------------------------- connection set-up
+
+/// Is `dst` an address of this host (loopback, or one of our interfaces)?
+fn is_local(dst: &SockAddr) -> bool {
+    if dst.is_loopback() || dst.is_unspecified() {
+        return true;
+    }
+    let mut ifa: *mut libc::ifaddrs = std::ptr::null_mut();
+    // SAFETY: getifaddrs fills a list we free below; libc's own sockets inside it do not
+    // go through our hooks (glibc calls its internal aliases).
+    if unsafe { libc::getifaddrs(&mut ifa) } != 0 {
+        return false;
+    }
+    let mut found = false;
+    let mut p = ifa;
+    while !p.is_null() {
+        // SAFETY: p walks the list getifaddrs returned.
+        let a = unsafe { &*p };
+        if !a.ifa_addr.is_null() {
+            // SAFETY: ifa_addr points to a sockaddr of its family's size.
+            let len = std::mem::size_of::<libc::sockaddr_in6>();
+            if let Some(sa) = unsafe { SockAddr::from_ptr(a.ifa_addr, len) } {
+                if sa.ip() == dst.ip() {
+                    found = true;
+                    break;
+                }
+            }
+        }
+        p = a.ifa_next;
+    }
+    // SAFETY: the list from getifaddrs.
+    unsafe { libc::freeifaddrs(ifa) };
+    found
+}
+
+fn is_inet_stream(fd: c_int) -> bool {
+    matches!(sys::sock_type(fd), Ok(libc::SOCK_STREAM)) && matches!(sys::sock_domain(fd), Ok(libc::AF_INET | libc::AF_INET6))
+}
+
+fn listener_matches(l: &ListenerRepr, dst: &SockAddr) -> bool {
+    let laddr = SockAddr::from_bytes(l.addr, l.port);
+    if laddr.is_unspecified() {
+        // An IPv6 wildcard that is V6ONLY refuses IPv4; an IPv4 wildcard refuses IPv6.
+        let dst_v4 = dst.ip().is_ipv4();
+        return match laddr.ip() {
+            std::net::IpAddr::V6(_) => !(dst_v4 && l.flags & LISTENER_V6ONLY != 0),
+            std::net::IpAddr::V4(_) => dst_v4,
+        };
+    }
+    laddr.ip() == dst.ip() || (dst.is_unspecified() && laddr.is_loopback())
+}
+
+fn track_tcp(fd: c_int, role: u8, reason: Reason, peer: Option<SockAddr>) {
+    let local = sys::getsockname(fd).ok();
+    log_decision(if role == ROLE_CLIENT { "connect" } else { "accept" }, fd, local, peer, false, reason);
+    table::insert(fd, Entry::Conn(Arc::new(Conn::decided(role, fd, local, peer, None, reason))));
+}
+
+pub unsafe fn connect(fd: c_int, addr: *const sockaddr, len: socklen_t) -> c_int {
+    let pass_through = || (real().connect)(fd, addr, len);
+    if state::off() || reentered() {
+        return pass_through();
+    }
+    let Some(dst) = SockAddr::from_ptr(addr, len as usize) else { return pass_through() };
+    if !is_inet_stream(fd) {
+        return pass_through();
+    }
+    boundary(-1, || {
+        let fallback = |reason: Reason| -> Result<c_int, i32> {
+            let r = pass_through();
+            let e = errno();
+            if r == 0 || e == libc::EINPROGRESS {
+                track_tcp(fd, ROLE_CLIENT, reason, Some(dst));
+            }
+            if r == 0 { Ok(0) } else { Err(e) }
+        };
+        if !state::upgrades() {
+            return fallback(Reason::ForcedTcp);
+        }
+        if !is_local(&dst) {
+            return fallback(Reason::RemoteDestination);
+        }
+        let (Some(reg), Some(fab)) = (state::registry(), state::fabric()) else {
+            return fallback(Reason::RegistryUnavailable);
+        };
+        if !reg.listeners(dst.port()).iter().any(|l| listener_matches(l, &dst)) {
+            return fallback(Reason::NoShimListener);
+        }
+        let Ok(st) = sys::fstat(fd) else { return fallback(Reason::OfferFailed) };
+        let offer = match fab.offer(st.st_ino) {
+            Ok(o) => o,
+            Err(e) => {
+                crate::log_at!(LogLevel::Debug, "offer failed: {e}");
+                return fallback(if e.raw_os_error() == Some(libc::EMFILE) { Reason::FdLimit } else { Reason::OfferFailed });
+            }
+        };
+        let r = pass_through();
+        let e = errno();
+        if r == 0 || e == libc::EINPROGRESS {
+            let local = sys::getsockname(fd).ok();
+            table::insert(fd, Entry::Conn(Arc::new(Conn::pending(fd, local, Some(dst), offer))));
+            crate::log_at!(LogLevel::Debug, "connect fd={fd} peer={dst}: offer posted");
+            if r == 0 { Ok(0) } else { Err(e) }
+        } else {
+            drop(offer);
+            Err(e)
+        }
+    })
+}
+
+unsafe fn on_accept(lfd: c_int, fd: c_int) {
+    if fd < 0 || state::off() {
+        return;
+    }
+    let (Ok(local), Ok(peer)) = (sys::getsockname(fd), sys::getpeername(fd)) else { return };
+    let ours = matches!(table::get(lfd), Some(Entry::Listener(_)));
+    let (stream, reason) = if !state::upgrades() {
+        (None, Reason::ForcedTcp)
+    } else {
+        match (diag::lookup(peer, local), state::fabric()) {
+            (Ok(Some(p)), Some(fab)) if p.uid == sys::getuid() => match fab.claim(p.inode) {
+                Ok(s) => (Some(s), Reason::None),
+                Err(Reason::PeerNotShim) if !ours => (None, Reason::ListenerUnknown),
+                Err(r) => (None, r),
+            },
+            (Ok(Some(_)), Some(_)) => (None, Reason::PeerOtherUid),
+            (Ok(None), _) => (None, Reason::RemoteDestination),
+            (_, None) => (None, Reason::RegistryUnavailable),
+            (Err(_), _) => (None, Reason::PeerNotShim),
+        }
+    };
+    log_decision("accept", fd, Some(local), Some(peer), stream.is_some(), reason);
+    table::insert(fd, Entry::Conn(Arc::new(Conn::decided(ROLE_SERVER, fd, Some(local), Some(peer), stream, reason))));
+}
+
+pub unsafe fn accept(fd: c_int, addr: *mut sockaddr, len: *mut socklen_t) -> c_int {
+    let r = (real().accept)(fd, addr, len);
+    if r >= 0 && !reentered() {
+        boundary(0, || {
+            on_accept(fd, r);
+            Ok(0)
+        });
+    }
+    r
+}
+
+pub unsafe fn accept4(fd: c_int, addr: *mut sockaddr, len: *mut socklen_t, flags: c_int) -> c_int {
+    let r = (real().accept4)(fd, addr, len, flags);
+    if r >= 0 && !reentered() {
+        boundary(0, || {
+            on_accept(fd, r);
+            Ok(0)
+        });
+    }
+    r
+}
+
+pub unsafe fn listen(fd: c_int, backlog: c_int) -> c_int {
+    let r = (real().listen)(fd, backlog);
+    if r != 0 || !state::upgrades() || reentered() || TRACKED.get(fd) || !is_inet_stream(fd) {
+        return r;
+    }
+    boundary(0, || {
+        let (Some(reg), Ok(local)) = (state::registry(), sys::getsockname(fd)) else { return Ok(0) };
+        reg.sweep();
+        let v6only = matches!(sys::sock_domain(fd), Ok(libc::AF_INET6))
+            && sys::getsockopt::<c_int>(fd, libc::IPPROTO_IPV6, libc::IPV6_V6ONLY).unwrap_or(0) != 0;
+        let rec = ListenerRepr { addr: local.ip_bytes(), port: local.port(), flags: if v6only { LISTENER_V6ONLY } else { 0 }, pid: sys::getpid() };
+        match reg.register_listener(&rec) {
+            Ok(held) => {
+                crate::log_at!(LogLevel::Debug, "listen fd={fd} local={local}: registered");
+                table::insert(fd, Entry::Listener(Arc::new(Listener { record: parking_lot::Mutex::new(Some(held)) })));
+            }
+            Err(e) => crate::log_at!(LogLevel::Error, "listen fd={fd}: cannot register: {e}"),
+        }
+        Ok(0)
+    });
+    r
+}
+
+pub unsafe fn socket(domain: c_int, ty: c_int, protocol: c_int) -> c_int {
+    (real().socket)(domain, ty, protocol)
+}
+
+pub unsafe fn bind(fd: c_int, addr: *const sockaddr, len: socklen_t) -> c_int {
+    (real().bind)(fd, addr, len)
+}
+
+pub unsafe fn shutdown(fd: c_int, how: c_int) -> c_int {
+    if !DATA.get(fd) || reentered() {
+        return (real().shutdown)(fd, how);
+    }
+    boundary(-1, || {
+        let how_ = match how {
+            libc::SHUT_RD => Shutdown::Read,
+            libc::SHUT_WR => Shutdown::Write,
+            libc::SHUT_RDWR => Shutdown::Both,
+            _ => return Err(libc::EINVAL),
+        };
+        match managed(fd) {
+            Some((_, s)) => {
+                s.shutdown(how_);
+                Ok(0)
+            }
+            None => pass((real().shutdown)(fd, how)),
+        }
+    })
+}
+
+// ---------------------------------------------------------------- fd lifetime
+
+pub unsafe fn close(fd: c_int) -> c_int {
+    if INTERNAL.get(fd) && !reentered() {
+        // Not the application's fd: as if it were not open.
+        set_errno(libc::EBADF);
+        return -1;
+    }
+    if TRACKED.get(fd) {
+        let e = table::remove(fd);
+        let r = (real().close)(fd);
+        let saved = errno();
+        drop(e);
+        set_errno(saved);
+        return r;
+    }
+    (real().close)(fd)
+}
+
+pub unsafe fn close_range(first: c_uint, last: c_uint, flags: c_int) -> c_int {
+    if flags & (libc::CLOSE_RANGE_CLOEXEC as c_int) != 0 || reentered() {
+        return (real().close_range)(first, last, flags);
+    }
+    let mut dropped = Vec::new();
+    for fd in TRACKED.set_in(first, last) {
+        dropped.push(table::remove(fd));
+    }
+    // Close around the shim's own fds.
+    let mut from = first as u64;
+    let mut r = 0;
+    for fd in INTERNAL.set_in(first, last) {
+        let fd = fd as u64;
+        if fd > from {
+            r |= (real().close_range)(from as c_uint, (fd - 1) as c_uint, flags);
+        }
+        from = fd + 1;
+    }
+    if from <= last as u64 {
+        r |= (real().close_range)(from as c_uint, last, flags);
+    }
+    let saved = errno();
+    drop(dropped);
+    set_errno(saved);
+    if r != 0 { -1 } else { 0 }
+}
+
+fn dup_track(old: c_int, new: c_int) {
+    if new >= 0 && TRACKED.get(old) {
+        if let Some(e) = table::get(old) {
+            table::insert(new, e);
+        }
+    }
+}
+
+pub unsafe fn dup(fd: c_int) -> c_int {
+    let r = (real().dup)(fd);
+    dup_track(fd, r);
+    r
+}
+
+unsafe fn dup_onto(old: c_int, new: c_int, call: impl FnOnce() -> c_int) -> c_int {
+    if INTERNAL.get(new) && !reentered() {
+        crate::log_at!(LogLevel::Error, "dup2 onto the shim's fd {new} refused");
+        set_errno(libc::EBUSY);
+        return -1;
+    }
+    let prior = if old != new && TRACKED.get(new) { table::remove(new) } else { None };
+    let r = call();
+    let saved = errno();
+    drop(prior);
+    if r >= 0 && old != new {
+        dup_track(old, r);
+    }
+    set_errno(saved);
+    r
+}
+
+pub unsafe fn dup2(old: c_int, new: c_int) -> c_int {
+    dup_onto(old, new, || (real().dup2)(old, new))
+}
+
+pub unsafe fn dup3(old: c_int, new: c_int, flags: c_int) -> c_int {
+    dup_onto(old, new, || (real().dup3)(old, new, flags))
+}
+
+pub unsafe fn fcntl(fd: c_int, cmd: c_int, arg: c_ulong) -> c_int {
+    let r = (real().fcntl)(fd, cmd, arg);
+    if matches!(cmd, libc::F_DUPFD | libc::F_DUPFD_CLOEXEC) {
+        let saved = errno();
+        dup_track(fd, r);
+        set_errno(saved);
+    }
+    r
+}
+
+pub unsafe fn fcntl64(fd: c_int, cmd: c_int, arg: c_ulong) -> c_int {
+    let r = (real().fcntl64)(fd, cmd, arg);
+    if matches!(cmd, libc::F_DUPFD | libc::F_DUPFD_CLOEXEC) {
+        let saved = errno();
+        dup_track(fd, r);
+        set_errno(saved);
+    }
+    r
+}
+
+pub unsafe fn ioctl(fd: c_int, req: c_ulong, arg: *mut c_void) -> c_int {
+    if !DATA.get(fd) || reentered() || arg.is_null() || !matches!(req, libc::FIONREAD | libc::TIOCOUTQ) {
+        return (real().ioctl)(fd, req, arg);
+    }
+    boundary(-1, || match managed(fd) {
+        Some((_, s)) => {
+            // FIONREAD is SIOCINQ; TIOCOUTQ is SIOCOUTQ.
+            let v = if req == libc::FIONREAD { s.rx_pending() } else { s.tx_pending() };
+            *(arg as *mut c_int) = v.min(c_int::MAX as usize) as c_int;
+            Ok(0)
+        }
+        None => pass((real().ioctl)(fd, req, arg)),
+    })
+}
+
+pub unsafe fn getsockopt(fd: c_int, level: c_int, name: c_int, val: *mut c_void, len: *mut socklen_t) -> c_int {
+    // Every option lives on the kernel socket, which stays real and connected.
+    (real().getsockopt)(fd, level, name, val, len)
+}
+
+pub unsafe fn setsockopt(fd: c_int, level: c_int, name: c_int, val: *const c_void, len: socklen_t) -> c_int {
+    // Timeouts, linger, TCP_NODELAY/TCP_CORK and buffer sizes are kept by the kernel
+    // socket; the fabric path reads the timeouts from it when it must block.
+    (real().setsockopt)(fd, level, name, val, len)
+}
+
+pub unsafe fn getsockname(fd: c_int, addr: *mut sockaddr, len: *mut socklen_t) -> c_int {
+    (real().getsockname)(fd, addr, len)
+}
+
+pub unsafe fn getpeername(fd: c_int, addr: *mut sockaddr, len: *mut socklen_t) -> c_int {
+    (real().getpeername)(fd, addr, len)
+}
+
+pub use crate::poll::{__poll_chk, __ppoll_chk, poll, ppoll, pselect, select};

@@ -1,0 +1,81 @@
+//! librdmasock.so: loaded with LD_PRELOAD, it intercepts a program's socket calls and
+//! carries TCP connections between two shimmed processes of one host over the shm
+//! fabric, leaving every other connection on kernel TCP, untouched.
+//!
+//! Layers: [`hooks`] (the exported symbols, declared once) -> [`imp`] and [`poll`]
+//! (what each call does) -> [`table`] (which fds are ours) and [`sock`] (what they are)
+//! -> the transport crate (fabrics, rendezvous, rings). See ARCHITECTURE.md.
+#![deny(unsafe_code)]
+
+pub mod hooks;
+mod imp;
+pub mod log;
+mod poll;
+mod sock;
+mod state;
+mod table;
+
+use rdmasock_transport::sys;
+
+/// Runs before main (and before most other constructors): read the settings, resolve
+/// libc's functions, and set up fork handling, so that no hook ever races its own
+/// initialisation.
+#[allow(unsafe_code)]
+extern "C" fn init() {
+    hooks::real();
+    state::config();
+    sys::set_fd_observer(|fd, open| table::INTERNAL.set(fd, open));
+    // SAFETY: registering plain extern "C" handlers.
+    unsafe { libc::pthread_atfork(Some(fork_prepare), Some(fork_parent), Some(fork_child)) };
+}
+
+#[allow(unsafe_code)]
+#[used]
+#[link_section = ".init_array"]
+static INIT: extern "C" fn() = init;
+
+/// Runs at exit: give up this process's registry records (a listener's record stays if
+/// a forked child still holds it).
+extern "C" fn fini() {
+    for (_, e) in table::all() {
+        if let sock::Entry::Listener(l) = e {
+            l.release();
+        }
+    }
+    if let Some(t) = state::stats_if_any() {
+        t.remove();
+    }
+}
+
+#[allow(unsafe_code)]
+#[used]
+#[link_section = ".fini_array"]
+static FINI: extern "C" fn() = fini;
+
+/// Hold the fd table across fork, so that the child never inherits it half-changed.
+extern "C" fn fork_prepare() {
+    std::mem::forget(table::TABLE.write());
+}
+
+#[allow(unsafe_code)]
+extern "C" fn fork_parent() {
+    // SAFETY: fork_prepare left the write lock held by this thread.
+    unsafe { table::TABLE.force_unlock_write() };
+}
+
+#[allow(unsafe_code)]
+extern "C" fn fork_child() {
+    // SAFETY: as fork_parent; the child has only this thread.
+    unsafe { table::TABLE.force_unlock_write() };
+    rdmasock_transport::wait::forget_thread_event();
+    if let (Some(t), Some(reg)) = (state::stats_if_any(), state::registry()) {
+        t.fork_child(reg);
+    }
+    for (_, e) in table::all() {
+        if let sock::Entry::Conn(c) = e {
+            if let Some(Some(s)) = c.decided.get() {
+                s.after_fork_child();
+            }
+        }
+    }
+}

@@ -1,0 +1,60 @@
+//! Process-wide state: settings, the registry, the fabric, the connection table. All
+//! created on first need (a program that never opens a TCP connection never touches
+//! the registry), except the settings, read before main.
+
+use rdmasock_transport::config::{Config, Forced};
+use rdmasock_transport::registry::Registry;
+use rdmasock_transport::shm::Shm;
+use rdmasock_transport::stats::Table;
+use rdmasock_transport::sys;
+use rdmasock_transport::wait::SpinPolicy;
+use std::sync::{Arc, OnceLock};
+
+static CONFIG: OnceLock<Config> = OnceLock::new();
+static REGISTRY: OnceLock<Option<Arc<Registry>>> = OnceLock::new();
+static FABRIC: OnceLock<Option<Shm>> = OnceLock::new();
+static STATS: OnceLock<Option<Table>> = OnceLock::new();
+static POLICY: OnceLock<SpinPolicy> = OnceLock::new();
+
+pub fn config() -> &'static Config {
+    CONFIG.get_or_init(Config::from_env)
+}
+
+/// The shim does nothing but pass calls through.
+pub fn off() -> bool {
+    config().off
+}
+
+/// Connections may be upgraded (not off, not forced to TCP).
+pub fn upgrades() -> bool {
+    !config().off && config().transport != Forced::Tcp
+}
+
+pub fn registry() -> Option<&'static Arc<Registry>> {
+    REGISTRY
+        .get_or_init(|| match Registry::open(&config().dir) {
+            Ok(r) => Some(Arc::new(r)),
+            Err(e) => {
+                crate::log_at!(rdmasock_transport::config::LogLevel::Error, "registry {} unusable: {e}", config().dir);
+                None
+            }
+        })
+        .as_ref()
+}
+
+pub fn fabric() -> Option<&'static Shm> {
+    FABRIC.get_or_init(|| registry().map(|r| Shm::new(r.clone(), config().ring_size))).as_ref()
+}
+
+pub fn stats() -> Option<&'static Table> {
+    STATS.get_or_init(|| registry().and_then(|r| Table::create(r).ok())).as_ref()
+}
+
+/// The stats table, only if it already exists (never creates one).
+pub fn stats_if_any() -> Option<&'static Table> {
+    STATS.get().and_then(|t| t.as_ref())
+}
+
+pub fn policy() -> &'static SpinPolicy {
+    POLICY.get_or_init(|| SpinPolicy { budget: config().spin, cpus: sys::online_cpus() })
+}
