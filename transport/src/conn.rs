@@ -17,11 +17,7 @@ pub enum WaitEnd {
 }
 
 fn ready(s: &dyn Stream, interest: u32) -> bool {
-    if interest & wait::DATA != 0 {
-        s.has_data()
-    } else {
-        s.has_space()
-    }
+    (interest & wait::DATA != 0 && s.has_data()) || (interest & wait::SPACE != 0 && s.has_space())
 }
 
 /// Wait until `s` can make progress for `interest` (`wait::DATA` or `wait::SPACE`).

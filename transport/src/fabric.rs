@@ -159,6 +159,10 @@ pub trait Stream: Send + Sync {
     /// How to wait now, by where the peer runs (also publishes where we run).
     fn approach(&self, policy: &SpinPolicy) -> Approach;
     fn set_spinning(&self, on: bool);
+    /// In a forked child: forget the parent's waiters.
+    fn after_fork_child(&self) {
+        self.local_bell().reset_after_fork();
+    }
 
     // --- shutdown ---
     fn shutdown(&self, how: Shutdown);

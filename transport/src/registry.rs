@@ -16,7 +16,8 @@
 use crate::layout::{ListenerRecord, ListenerRepr, OfferRecord, OfferRepr, LISTENER_LEN, OFFER_LEN};
 use crate::sys;
 use std::io;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::AsRawFd;
+use crate::sys::Fd;
 
 pub struct Registry {
     dir: String,
@@ -27,14 +28,14 @@ pub struct Registry {
 /// (removed if no other process still holds it) or [`Held::remove`] (removed now).
 pub struct Held {
     path: String,
-    fd: OwnedFd,
+    fd: Fd,
 }
 
 impl Held {
     pub fn path(&self) -> &str {
         &self.path
     }
-    pub fn fd(&self) -> &OwnedFd {
+    pub fn fd(&self) -> &Fd {
         &self.fd
     }
     /// Remove the record now (the file is unlinked; the lock goes with the fd).
@@ -42,7 +43,7 @@ impl Held {
         let _ = sys::unlink(&self.path);
     }
     /// The lock without the duty to remove the name (tests use it to play a crash).
-    pub fn into_fd(self) -> OwnedFd {
+    pub fn into_fd(self) -> Fd {
         self.fd
     }
 }
@@ -142,7 +143,7 @@ impl Registry {
     }
 
     /// Connection tables of live processes, as open files (for `rdmasock stat`).
-    pub fn tables(&self) -> Vec<(String, OwnedFd)> {
+    pub fn tables(&self) -> Vec<(String, Fd)> {
         let mut out = Vec::new();
         for name in self.names() {
             if !name.starts_with("p-") {
@@ -184,7 +185,7 @@ impl Registry {
 
     /// If nobody holds the record's lock, its owner is dead: remove it. Checks that the
     /// name still refers to the file we locked before unlinking it.
-    fn reap_if_dead(&self, path: &str, fd: &OwnedFd) -> bool {
+    fn reap_if_dead(&self, path: &str, fd: &Fd) -> bool {
         match sys::flock(fd, libc::LOCK_EX | libc::LOCK_NB) {
             Ok(true) => {
                 let same = match (sys::fstat(fd.as_raw_fd()), sys::lstat(path)) {

@@ -17,7 +17,8 @@ use crate::sys::{self, Mapping};
 use crate::wait::{hide_fd, Approach, LocalBell, SpinPolicy};
 use parking_lot::Mutex;
 use std::io::{self, IoSlice, IoSliceMut};
-use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, RawFd};
+use crate::sys::Fd;
 use std::sync::atomic::{fence, AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -47,9 +48,9 @@ pub struct ShmStream {
     tx: Mutex<Producer>,
     rx: Mutex<Consumer>,
     /// Our doorbell's read end (blocking).
-    bell_rx: OwnedFd,
+    bell_rx: Fd,
     /// The peer's doorbell's write end (non-blocking).
-    bell_tx: OwnedFd,
+    bell_tx: Fd,
     bell: LocalBell,
     flags: AtomicU32,
     last_liveness_ns: AtomicU64,
@@ -58,7 +59,7 @@ pub struct ShmStream {
 impl ShmStream {
     /// # Safety-relevant contract
     /// `map` is a validated segment of `segment_len(ring)` bytes.
-    fn new(map: Mapping, side: usize, ring: u64, bell_rx: OwnedFd, bell_tx: OwnedFd) -> ShmStream {
+    fn new(map: Mapping, side: usize, ring: u64, bell_rx: Fd, bell_tx: Fd) -> ShmStream {
         let base = map.as_ptr();
         let hdr = base as *const SegHeader;
         let data = |d: usize| unsafe { base.add((layout::SEG_HEADER_SIZE + d as u64 * ring) as usize) };
@@ -432,11 +433,11 @@ impl Shm {
 struct ShmOffer {
     record: Option<Held>,
     /// Until decided: the segment fd and the pipe ends the server opens through /proc.
-    lent: Mutex<Vec<OwnedFd>>,
+    lent: Mutex<Vec<Fd>>,
     map: Mutex<Option<Mapping>>,
     ring: u64,
-    bell_rx: Mutex<Option<OwnedFd>>,
-    bell_tx: Mutex<Option<OwnedFd>>,
+    bell_rx: Mutex<Option<Fd>>,
+    bell_tx: Mutex<Option<Fd>>,
 }
 
 impl ShmOffer {
@@ -537,7 +538,7 @@ impl Fabric for Shm {
         mfd.as_file().set_len(len)?;
         mfd.add_seals(&[memfd::FileSeal::SealShrink, memfd::FileSeal::SealGrow, memfd::FileSeal::SealSeal])
             .map_err(|_| io::Error::from_raw_os_error(libc::EPERM))?;
-        let seg = hide_fd(OwnedFd::from(mfd.into_file()));
+        let seg = hide_fd(sys::owned(std::os::fd::IntoRawFd::into_raw_fd(mfd.into_file())));
         let map = Mapping::shared(seg.as_raw_fd(), len as usize)?;
         let nonce = sys::random_u64();
         // SAFETY: a fresh private mapping of the right size: nobody else sees it yet.
@@ -553,7 +554,7 @@ impl Fabric for Shm {
         let (c_r, c_w) = sys::doorbell_pipe()?;
         let (s_r, s_w) = sys::doorbell_pipe()?;
         let (c_r, c_w, s_r, s_w) = (hide_fd(c_r), hide_fd(c_w), hide_fd(s_r), hide_fd(s_w));
-        let ino = |f: &OwnedFd| sys::fstat(f.as_raw_fd()).map(|s| s.st_ino);
+        let ino = |f: &Fd| sys::fstat(f.as_raw_fd()).map(|s| s.st_ino);
         let rec = layout::OfferRepr {
             nonce,
             pid: sys::getpid(),
@@ -612,7 +613,7 @@ fn claim_offer(rec: &layout::OfferRepr) -> Result<Arc<dyn Stream>, Reason> {
     if hdr.magic != layout::SEG_MAGIC || hdr.version != layout::SEG_VERSION || hdr.nonce != rec.nonce {
         return Err(refuse(Reason::ClaimFailed));
     }
-    let open_fifo = |fd: i32, ino: u64, flags: i32| -> Result<OwnedFd, Reason> {
+    let open_fifo = |fd: i32, ino: u64, flags: i32| -> Result<Fd, Reason> {
         let f = sys::open(&proc_fd(rec.pid, fd), flags | libc::O_NONBLOCK, 0).map_err(fail)?;
         let st = sys::fstat(f.as_raw_fd()).map_err(fail)?;
         if st.st_mode & libc::S_IFMT != libc::S_IFIFO || st.st_ino != ino {

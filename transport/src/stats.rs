@@ -61,16 +61,11 @@ pub const TABLE_LEN: usize = HEADER + SLOTS * std::mem::size_of::<Slot>();
 
 /// This process's table. One per process; re-created in a forked child.
 pub struct Table {
-    held: Option<Held>,
-    map: Option<Mapping>,
+    /// The record and its mapping; replaced only in a forked child or at exit.
+    own: parking_lot::Mutex<(Option<Held>, Option<Mapping>)>,
+    /// Where the slots are now (null: no table). Slot accesses read only this.
     base: AtomicPtr<u8>,
     next: AtomicU32,
-}
-
-impl Default for Table {
-    fn default() -> Self {
-        Table { held: None, map: None, base: AtomicPtr::new(std::ptr::null_mut()), next: AtomicU32::new(0) }
-    }
 }
 
 /// A slot handle: an index, resolved against the table's current base on every use (so
@@ -82,7 +77,11 @@ impl Table {
     pub fn create(reg: &Registry) -> std::io::Result<Table> {
         let held = reg.publish_table(TABLE_LEN as u64)?;
         let map = Mapping::shared(held.fd().as_raw_fd(), TABLE_LEN)?;
-        let t = Table { base: AtomicPtr::new(map.as_ptr()), held: Some(held), map: Some(map), next: AtomicU32::new(0) };
+        let t = Table {
+            base: AtomicPtr::new(map.as_ptr()),
+            own: parking_lot::Mutex::new((Some(held), Some(map))),
+            next: AtomicU32::new(0),
+        };
         // SAFETY: the header fits in the mapping; only this process writes it.
         unsafe {
             let h = t.base.load(Ordering::Relaxed) as *mut u32;
@@ -94,35 +93,38 @@ impl Table {
         Ok(t)
     }
 
-    /// In a forked child: make a table of our own holding a copy of the parent's slots.
-    pub fn fork_child(&mut self, reg: &Registry) {
-        let old = self.map.take();
+    /// In a forked child (one thread): make a table of our own holding a copy of the
+    /// parent's slots.
+    pub fn fork_child(&self, reg: &Registry) {
+        if self.own.try_lock().is_none() {
+            // SAFETY: held by a parent thread that does not exist here.
+            unsafe { self.own.force_unlock() };
+        }
+        let mut own = self.own.lock();
+        let (held, old) = (own.0.take(), own.1.take());
         // The parent's record stays the parent's: forget our copy of its lock.
-        if let Some(h) = self.held.take() {
+        if let Some(h) = held {
             drop(h.into_fd());
         }
-        match Table::create(reg) {
-            Ok(mut t) => {
-                if let Some(old) = &old {
-                    // SAFETY: both mappings are TABLE_LEN long; copy the slots only.
-                    unsafe {
-                        std::ptr::copy_nonoverlapping(old.as_ptr().add(HEADER), t.map.as_ref().unwrap().as_ptr().add(HEADER), TABLE_LEN - HEADER)
-                    };
-                }
-                t.next = AtomicU32::new(self.next.load(Ordering::Relaxed));
-                *self = t;
+        self.base.store(std::ptr::null_mut(), Ordering::Release);
+        if let Ok(t) = Table::create(reg) {
+            let mut tn = t.own.lock();
+            if let (Some(old), Some(new)) = (&old, &tn.1) {
+                // SAFETY: both mappings are TABLE_LEN long; copy the slots only.
+                unsafe { std::ptr::copy_nonoverlapping(old.as_ptr().add(HEADER), new.as_ptr().add(HEADER), TABLE_LEN - HEADER) };
             }
-            Err(_) => {
-                self.base.store(std::ptr::null_mut(), Ordering::Release);
-            }
+            self.base.store(t.base.load(Ordering::Relaxed), Ordering::Release);
+            *own = (tn.0.take(), tn.1.take());
         }
         drop(old);
     }
 
-    pub fn remove(&mut self) {
+    /// Remove the table (at exit).
+    pub fn remove(&self) {
         self.base.store(std::ptr::null_mut(), Ordering::Release);
-        self.map = None;
-        if let Some(h) = self.held.take() {
+        let mut own = self.own.lock();
+        own.1 = None;
+        if let Some(h) = own.0.take() {
             h.remove();
         }
     }
@@ -266,7 +268,7 @@ mod tests {
     fn slots_are_listed_and_freed() {
         let dir = format!("/tmp/rdmasock-stattest-{:x}", sys::random_u64());
         let reg = Registry::open(&dir).unwrap();
-        let mut t = Table::create(&reg).unwrap();
+        let t = Table::create(&reg).unwrap();
         let a = SockAddr("127.0.0.1:1000".parse().unwrap());
         let b = SockAddr("[::1]:2000".parse().unwrap());
         let id = t.alloc(7, ROLE_CLIENT, PATH_SHM, Reason::None, Some(a), Some(b)).unwrap();

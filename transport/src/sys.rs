@@ -9,7 +9,8 @@
 
 use std::ffi::CString;
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, RawFd};
+use std::sync::OnceLock;
 
 /// Issue a raw system call; `-1` becomes the `io::Error` for errno.
 macro_rules! syscall {
@@ -65,10 +66,47 @@ pub fn close(fd: RawFd) -> io::Result<()> {
     syscall!(SYS_close, fd).map(drop)
 }
 
+/// An fd the shim owns. Unlike `Fd`, it is closed with a raw system call (never
+/// through libc's `close`, which the preload intercepts), and its life is reported to an
+/// observer: the preload keeps a bitmap of the shim's fds so that an application that
+/// closes fds it never opened (daemons do) cannot close ours.
+#[derive(Debug)]
+pub struct Fd(RawFd);
+
+static FD_OBSERVER: OnceLock<fn(RawFd, bool)> = OnceLock::new();
+
+/// Install the observer told of every [`Fd`] made (`true`) and closed (`false`).
+pub fn set_fd_observer(f: fn(RawFd, bool)) {
+    let _ = FD_OBSERVER.set(f);
+}
+
+impl Fd {
+    pub fn raw(&self) -> RawFd {
+        self.0
+    }
+}
+
+impl AsRawFd for Fd {
+    fn as_raw_fd(&self) -> RawFd {
+        self.0
+    }
+}
+
+impl Drop for Fd {
+    fn drop(&mut self) {
+        if let Some(f) = FD_OBSERVER.get() {
+            f(self.0, false);
+        }
+        let _ = close(self.0);
+    }
+}
+
 /// Take ownership of a raw fd returned by a successful system call.
-pub fn owned(fd: RawFd) -> OwnedFd {
-    // SAFETY: callers pass only fds they just received from the kernel.
-    unsafe { OwnedFd::from_raw_fd(fd) }
+pub fn owned(fd: RawFd) -> Fd {
+    if let Some(f) = FD_OBSERVER.get() {
+        f(fd, true);
+    }
+    Fd(fd)
 }
 
 pub fn fcntl(fd: RawFd, cmd: libc::c_int, arg: libc::c_long) -> io::Result<libc::c_int> {
@@ -195,7 +233,7 @@ fn cstr(s: &str) -> io::Result<CString> {
 
 /// open(2) without the intercepted wrappers' involvement (open is not intercepted, but
 /// this keeps every fd the shim makes close-on-exec).
-pub fn open(path: &str, flags: libc::c_int, mode: libc::mode_t) -> io::Result<OwnedFd> {
+pub fn open(path: &str, flags: libc::c_int, mode: libc::mode_t) -> io::Result<Fd> {
     let c = cstr(path)?;
     // SAFETY: c is NUL-terminated.
     let fd = cvt(unsafe { libc::open(c.as_ptr(), flags | libc::O_CLOEXEC, mode as libc::c_uint) })?;
@@ -229,7 +267,7 @@ pub fn readlink(path: &str) -> io::Result<String> {
 }
 
 /// flock(2); `Ok(false)` when a non-blocking request would block.
-pub fn flock(fd: &OwnedFd, op: libc::c_int) -> io::Result<bool> {
+pub fn flock(fd: &Fd, op: libc::c_int) -> io::Result<bool> {
     // SAFETY: plain syscall on an owned fd.
     match cvt(unsafe { libc::flock(fd.as_raw_fd(), op) }) {
         Ok(_) => Ok(true),
@@ -238,12 +276,12 @@ pub fn flock(fd: &OwnedFd, op: libc::c_int) -> io::Result<bool> {
     }
 }
 
-pub fn ftruncate(fd: &OwnedFd, len: u64) -> io::Result<()> {
+pub fn ftruncate(fd: &Fd, len: u64) -> io::Result<()> {
     // SAFETY: plain syscall on an owned fd.
     cvt(unsafe { libc::ftruncate(fd.as_raw_fd(), len as libc::off_t) }).map(drop)
 }
 
-pub fn pwrite_all(fd: &OwnedFd, buf: &[u8], off: u64) -> io::Result<()> {
+pub fn pwrite_all(fd: &Fd, buf: &[u8], off: u64) -> io::Result<()> {
     let n = syscall!(SYS_pwrite64, fd.as_raw_fd(), buf.as_ptr(), buf.len(), off)?;
     if n as usize != buf.len() {
         return Err(io::Error::from_raw_os_error(libc::EIO));
@@ -251,7 +289,7 @@ pub fn pwrite_all(fd: &OwnedFd, buf: &[u8], off: u64) -> io::Result<()> {
     Ok(())
 }
 
-pub fn pread_exact(fd: &OwnedFd, buf: &mut [u8], off: u64) -> io::Result<()> {
+pub fn pread_exact(fd: &Fd, buf: &mut [u8], off: u64) -> io::Result<()> {
     let n = syscall!(SYS_pread64, fd.as_raw_fd(), buf.as_mut_ptr(), buf.len(), off)?;
     if n as usize != buf.len() {
         return Err(io::Error::from_raw_os_error(libc::EIO));
@@ -262,7 +300,7 @@ pub fn pread_exact(fd: &OwnedFd, buf: &mut [u8], off: u64) -> io::Result<()> {
 /// A pipe, both ends close-on-exec; the read end blocking (waits block in read(2), which
 /// gives the same SA_RESTART behaviour as a blocking recv), the write end non-blocking
 /// (a full doorbell pipe already rings).
-pub fn doorbell_pipe() -> io::Result<(OwnedFd, OwnedFd)> {
+pub fn doorbell_pipe() -> io::Result<(Fd, Fd)> {
     let mut fds = [0; 2];
     // SAFETY: fds is a valid out-array of two ints.
     cvt(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) })?;
@@ -271,7 +309,7 @@ pub fn doorbell_pipe() -> io::Result<(OwnedFd, OwnedFd)> {
     Ok((r, w))
 }
 
-pub fn eventfd() -> io::Result<OwnedFd> {
+pub fn eventfd() -> io::Result<Fd> {
     // SAFETY: plain syscall.
     cvt(unsafe { libc::eventfd(0, libc::EFD_CLOEXEC) }).map(owned)
 }

@@ -22,7 +22,8 @@ use crate::sys;
 use parking_lot::Mutex;
 use std::cell::RefCell;
 use std::io;
-use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, RawFd};
+use crate::sys::Fd;
 use std::time::Duration;
 
 /// Where the first internal fd may be placed: high, out of the range programs expect
@@ -38,7 +39,7 @@ pub fn fd_floor() -> RawFd {
 
 /// Move an internal fd above the floor (close-on-exec). If there is no room there, keep
 /// it where it is: correctness does not depend on the number.
-pub fn hide_fd(fd: OwnedFd) -> OwnedFd {
+pub fn hide_fd(fd: Fd) -> Fd {
     match sys::dup_min(fd.as_raw_fd(), fd_floor()) {
         Ok(high) => sys::owned(high),
         Err(_) => fd,
@@ -48,7 +49,7 @@ pub fn hide_fd(fd: OwnedFd) -> OwnedFd {
 thread_local! {
     /// This thread's eventfd, for waiting as a follower. Created on first need, closed
     /// when the thread exits.
-    static THREAD_EVENT: RefCell<Option<OwnedFd>> = const { RefCell::new(None) };
+    static THREAD_EVENT: RefCell<Option<Fd>> = const { RefCell::new(None) };
 }
 
 pub fn thread_event_fd() -> io::Result<RawFd> {
@@ -59,6 +60,11 @@ pub fn thread_event_fd() -> io::Result<RawFd> {
         }
         Ok(t.as_ref().map(|f| f.as_raw_fd()).unwrap_or(-1))
     })
+}
+
+/// In a forked child: this thread's eventfd is the parent's too; let it go.
+pub fn forget_thread_event() {
+    THREAD_EVENT.with(|t| t.borrow_mut().take());
 }
 
 fn signal_event(fd: RawFd) {
@@ -115,6 +121,16 @@ impl LocalBell {
                 }
             }
         }
+    }
+
+    /// In a forked child: the waiters recorded here are threads of the parent.
+    pub fn reset_after_fork(&self) {
+        if self.inner.try_lock().is_none() {
+            // Held by a thread that does not exist in this process.
+            // SAFETY: no thread of this process holds it.
+            unsafe { self.inner.force_unlock() };
+        }
+        *self.inner.lock() = BellInner::default();
     }
 
     /// The leader read bytes from the pipe: tell the followers.
