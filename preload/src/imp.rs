@@ -594,8 +594,12 @@ pub unsafe fn connect(fd: c_int, addr: *const sockaddr, len: socklen_t) -> c_int
     if state::off() || reentered() {
         return pass_through();
     }
-    let Some(dst) = SockAddr::from_ptr(addr, len as usize) else { return pass_through() };
+    let Some(dst) = SockAddr::from_ptr(addr, len as usize) else {
+        crate::log_at!(LogLevel::Debug, "connect fd={fd}: not an IP address (Unix or other family): path=tcp reason=not-inet");
+        return pass_through();
+    };
     if !is_inet_stream(fd) {
+        crate::log_at!(LogLevel::Debug, "connect fd={fd} peer={dst}: not a stream socket (UDP or raw): untouched reason=not-tcp");
         return pass_through();
     }
     boundary(-1, || {
