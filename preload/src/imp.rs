@@ -5,7 +5,7 @@
 #![allow(clippy::missing_safety_doc)]
 
 use crate::hooks::real;
-use crate::sock::{log_decision, Conn, Entry, InProgress, Listener};
+use crate::sock::{log_decision, Conn, Entry, Listener, Undecided};
 use crate::state;
 use crate::table::{self, DATA, INTERNAL, TRACKED};
 use libc::{c_int, c_uint, c_ulong, c_void, iovec, loff_t, mmsghdr, msghdr, off64_t, off_t, size_t, sockaddr, socklen_t, ssize_t};
@@ -80,30 +80,57 @@ fn conn_of(fd: c_int) -> Option<Arc<Conn>> {
     }
 }
 
-/// The stream of a managed fd, or None (kernel TCP: pass the call through).
-fn managed(fd: c_int) -> Option<(Arc<Conn>, Arc<dyn Stream>)> {
-    let c = conn_of(fd)?;
-    match c.stream(fd) {
-        Ok(Some(s)) => Some((c, s)),
+/// The stream of a managed fd, or None (kernel TCP: pass the call through). A client
+/// whose offer is still unanswered is decided now if the call may block (a blocking
+/// socket without MSG_DONTWAIT), else the call fails with EAGAIN, as a call on a
+/// socket with nothing to do yet.
+fn managed(fd: c_int, flags: c_int) -> Result<Option<(Arc<Conn>, Arc<dyn Stream>)>, i32> {
+    let Some(c) = conn_of(fd) else { return Ok(None) };
+    let may_wait = c.decided.get().is_some()
+        || (flags & libc::MSG_DONTWAIT == 0 && !sys::is_nonblocking(fd).unwrap_or(false));
+    match c.stream(fd, may_wait) {
+        Ok(Some(s)) => Ok(Some((c, s))),
         Ok(None) => {
             DATA.set(fd, false);
-            None
+            Ok(None)
         }
-        Err(InProgress) => None,
+        Err(Undecided::Connecting) => Ok(None),
+        Err(Undecided::Offered) => Err(libc::EAGAIN),
     }
 }
 
-/// The fabric stream behind `fd`, if it has one (deciding a pending client first).
-pub(crate) fn managed_stream(fd: c_int) -> Option<Arc<dyn Stream>> {
-    managed(fd).map(|(_, s)| s)
+/// What poll sees behind a managed fd.
+pub(crate) enum PollTarget {
+    Fabric(Arc<dyn Stream>),
+    Kernel,
+    /// An unanswered offer: nothing to report until its doorbell rings or the deadline.
+    Offered { bell: c_int, deadline_ns: u64 },
+}
+
+pub(crate) fn poll_target(fd: c_int) -> PollTarget {
+    let Some(c) = conn_of(fd) else { return PollTarget::Kernel };
+    match c.stream(fd, false) {
+        Ok(Some(s)) => PollTarget::Fabric(s),
+        Ok(None) | Err(Undecided::Connecting) => PollTarget::Kernel,
+        Err(Undecided::Offered) => match c.pending_bell() {
+            Some((bell, deadline_ns)) => PollTarget::Offered { bell, deadline_ns },
+            None => PollTarget::Kernel,
+        },
+    }
 }
 
 // ---------------------------------------------------------------- receive / send
 
-fn stream_errno(e: StreamError, flags: c_int) -> i32 {
+/// The errno for a stream error reported to the application (consuming a pending
+/// reset: reported once, as Linux).
+fn stream_errno(s: &dyn Stream, e: StreamError, flags: c_int) -> i32 {
     match e {
         StreamError::WouldBlock => libc::EAGAIN,
-        StreamError::Reset => libc::ECONNRESET,
+        StreamError::Io(e) => e,
+        StreamError::Reset => {
+            s.take_error();
+            libc::ECONNRESET
+        }
         StreamError::Pipe => {
             // As Linux: EPIPE comes with SIGPIPE unless MSG_NOSIGNAL.
             if flags & libc::MSG_NOSIGNAL == 0 {
@@ -114,13 +141,41 @@ fn stream_errno(e: StreamError, flags: c_int) -> i32 {
     }
 }
 
+/// The time limit of one blocking call: the socket's SO_RCVTIMEO/SO_SNDTIMEO, read
+/// from the kernel the first time the call must block and counted from then on (as
+/// Linux: one timeout for the whole call, however often it waits).
+#[derive(Default)]
+struct Limit {
+    read: bool,
+    deadline_ns: Option<u64>,
+}
+
+impl Limit {
+    fn remaining(&mut self, fd: c_int, opt: c_int) -> Result<Option<std::time::Duration>, i32> {
+        if !self.read {
+            self.read = true;
+            self.deadline_ns = sys::sock_timeout(fd, opt).unwrap_or(None).map(|t| sys::now_ns() + t.as_nanos() as u64);
+        }
+        match self.deadline_ns {
+            None => Ok(None),
+            Some(d) => {
+                let now = sys::now_ns();
+                if now >= d {
+                    return Err(libc::EAGAIN);
+                }
+                Ok(Some(std::time::Duration::from_nanos(d - now)))
+            }
+        }
+    }
+}
+
 /// Block for `interest` as the socket's mode and timeouts say. Ok(()) to retry.
-fn block_on(fd: c_int, s: &dyn Stream, interest: u32, flags: c_int) -> Result<(), i32> {
+fn block_on(fd: c_int, s: &dyn Stream, interest: u32, flags: c_int, limit: &mut Limit) -> Result<(), i32> {
     if flags & libc::MSG_DONTWAIT != 0 || sys::is_nonblocking(fd).unwrap_or(false) {
         return Err(libc::EAGAIN);
     }
     let opt = if interest == wait::DATA { libc::SO_RCVTIMEO } else { libc::SO_SNDTIMEO };
-    let timeout = sys::sock_timeout(fd, opt).unwrap_or(None);
+    let timeout = limit.remaining(fd, opt)?;
     match wait_stream(s, interest, timeout, state::policy()) {
         WaitEnd::Ready => Ok(()),
         // As Linux: a timed-out socket call fails with EAGAIN.
@@ -139,6 +194,7 @@ fn fabric_recv(fd: c_int, c: &Conn, s: &dyn Stream, mut bufs: &mut [IoSliceMut<'
     let peek = flags & libc::MSG_PEEK != 0;
     let waitall = flags & libc::MSG_WAITALL != 0 && !peek;
     let mut got = 0usize;
+    let mut limit = Limit::default();
     loop {
         match s.dequeue(bufs, peek) {
             Ok(0) => return Ok(got),
@@ -152,19 +208,14 @@ fn fabric_recv(fd: c_int, c: &Conn, s: &dyn Stream, mut bufs: &mut [IoSliceMut<'
                 }
                 IoSliceMut::advance_slices(&mut bufs, n);
             }
-            Err(StreamError::WouldBlock) => match block_on(fd, s, wait::DATA, flags) {
+            Err(StreamError::WouldBlock) => match block_on(fd, s, wait::DATA, flags, &mut limit) {
                 Ok(()) => {}
-                Err(e) if got > 0 => {
-                    let _ = e;
-                    return Ok(got);
-                }
+                Err(_) if got > 0 => return Ok(got),
                 Err(e) => return Err(e),
             },
-            Err(e) if got > 0 => {
-                let _ = e;
-                return Ok(got);
-            }
-            Err(e) => return Err(stream_errno(e, flags)),
+            // A partial count first; the error stays pending for the next call.
+            Err(_) if got > 0 => return Ok(got),
+            Err(e) => return Err(stream_errno(s, e, flags)),
         }
     }
 }
@@ -175,6 +226,7 @@ fn fabric_send(fd: c_int, c: &Conn, s: &dyn Stream, mut bufs: &mut [IoSlice<'_>]
     let want: usize = bufs.iter().map(|b| b.len()).sum();
     let _serial = c.send_lock.lock();
     let mut sent = 0usize;
+    let mut limit = Limit::default();
     loop {
         match s.enqueue(bufs) {
             Ok(n) => {
@@ -185,13 +237,13 @@ fn fabric_send(fd: c_int, c: &Conn, s: &dyn Stream, mut bufs: &mut [IoSlice<'_>]
                 }
                 IoSlice::advance_slices(&mut bufs, n);
             }
-            Err(StreamError::WouldBlock) => match block_on(fd, s, wait::SPACE, flags) {
+            Err(StreamError::WouldBlock) => match block_on(fd, s, wait::SPACE, flags, &mut limit) {
                 Ok(()) => {}
                 Err(_) if sent > 0 => return Ok(sent),
                 Err(e) => return Err(e),
             },
             Err(_) if sent > 0 => return Ok(sent),
-            Err(e) => return Err(stream_errno(e, flags)),
+            Err(e) => return Err(stream_errno(s, e, flags)),
         }
     }
 }
@@ -237,7 +289,7 @@ unsafe fn one<'a>(buf: *const c_void, len: size_t) -> [IoSlice<'a>; 1] {
 
 /// Receive on `fd` into a buffer list, or pass through.
 fn recv_common(fd: c_int, bufs: impl FnOnce() -> Result<Vec<IoSliceMut<'static>>, i32>, flags: c_int, pass_through: impl FnOnce() -> ssize_t) -> ssize_t {
-    boundary(-1, || match managed(fd) {
+    boundary(-1, || match managed(fd, flags)? {
         Some((c, s)) => {
             let mut b = bufs()?;
             fabric_recv(fd, &c, &*s, &mut b, flags).map(|n| n as ssize_t)
@@ -247,7 +299,7 @@ fn recv_common(fd: c_int, bufs: impl FnOnce() -> Result<Vec<IoSliceMut<'static>>
 }
 
 fn send_common(fd: c_int, bufs: impl FnOnce() -> Result<Vec<IoSlice<'static>>, i32>, flags: c_int, pass_through: impl FnOnce() -> ssize_t) -> ssize_t {
-    boundary(-1, || match managed(fd) {
+    boundary(-1, || match managed(fd, flags)? {
         Some((c, s)) => {
             let mut b = bufs()?;
             fabric_send(fd, &c, &*s, &mut b, flags).map(|n| n as ssize_t)
@@ -411,53 +463,35 @@ pub unsafe fn sendmmsg(fd: c_int, msgs: *mut mmsghdr, vlen: c_uint, flags: c_int
 }
 
 /// Move up to `count` bytes from `source` (which writes into a ring run) onto the
-/// fabric stream: the common body of sendfile and splice-to-socket.
-fn fabric_send_from(fd: c_int, c: &Conn, s: &dyn Stream, count: usize, nonblock_src: bool,
+/// fabric stream: the common body of sendfile and splice-to-socket. A source error or an
+/// exhausted source ends the call (with the count so far, or the error if none).
+fn fabric_send_from(fd: c_int, c: &Conn, s: &dyn Stream, count: usize, flags: c_int,
     source: &mut dyn FnMut(*mut u8, usize) -> std::io::Result<usize>) -> Result<usize, i32> {
     let _serial = c.send_lock.lock();
     let mut sent = 0usize;
-    let mut eof = false;
-    while sent < count && !eof {
-        let mut fill = |p: *mut u8, len: usize| -> std::io::Result<usize> {
-            let want = len.min(count - sent);
-            if want == 0 {
-                return Ok(0);
-            }
-            let n = source(p, want)?;
-            if n == 0 {
-                eof = true;
-            }
-            sent += n;
-            Ok(n)
-        };
+    let mut limit = Limit::default();
+    while sent < count {
+        let mut fill = |p: *mut u8, len: usize| -> std::io::Result<usize> { source(p, len.min(count - sent)) };
         match s.enqueue_from(&mut fill) {
+            Ok(0) => break,
             Ok(n) => {
+                sent += n;
                 c.count_out(n);
-                if n == 0 {
-                    break;
-                }
             }
-            Err(StreamError::WouldBlock) if nonblock_src && sent == 0 => {
-                // The source had nothing (a non-blocking pipe) or the ring is full.
-                if s.has_space() {
-                    return Err(libc::EAGAIN);
-                }
-                block_on(fd, s, wait::SPACE, 0)?;
-            }
-            Err(StreamError::WouldBlock) => match block_on(fd, s, wait::SPACE, 0) {
+            Err(StreamError::WouldBlock) => match block_on(fd, s, wait::SPACE, flags, &mut limit) {
                 Ok(()) => {}
                 Err(_) if sent > 0 => break,
                 Err(e) => return Err(e),
             },
             Err(_) if sent > 0 => break,
-            Err(e) => return Err(stream_errno(e, 0)),
+            Err(e) => return Err(stream_errno(s, e, flags)),
         }
     }
     Ok(sent)
 }
 
 unsafe fn sendfile_any(out_fd: c_int, in_fd: c_int, offset: Option<*mut i64>, count: size_t) -> Result<ssize_t, i32> {
-    let Some((c, s)) = managed(out_fd) else { return Err(-1) };
+    let Some((c, s)) = managed(out_fd, 0)? else { return Err(-1) };
     let mut off = offset.map(|p| *p);
     let mut src = |p: *mut u8, len: usize| -> std::io::Result<usize> {
         let n = match off {
@@ -469,7 +503,7 @@ unsafe fn sendfile_any(out_fd: c_int, in_fd: c_int, offset: Option<*mut i64>, co
         }
         Ok(n)
     };
-    let r = fabric_send_from(out_fd, &c, &*s, count.min(0x7fff_f000), false, &mut src);
+    let r = fabric_send_from(out_fd, &c, &*s, count.min(0x7fff_f000), 0, &mut src);
     if let (Some(p), Some(o)) = (offset, off) {
         *p = o;
     }
@@ -498,32 +532,58 @@ pub unsafe fn sendfile64(out_fd: c_int, in_fd: c_int, offset: *mut off64_t, coun
     })
 }
 
+/// Free space in a pipe (its capacity less what it holds).
+fn pipe_space(fd: c_int) -> usize {
+    let cap = sys::fcntl(fd, libc::F_GETPIPE_SZ, 0).unwrap_or(4096).max(0) as usize;
+    let mut held: c_int = 0;
+    // SAFETY: FIONREAD writes one int.
+    let r = unsafe { libc::syscall(libc::SYS_ioctl, fd, libc::FIONREAD, &mut held as *mut c_int) };
+    if r < 0 {
+        return 0;
+    }
+    cap.saturating_sub(held.max(0) as usize)
+}
+
 pub unsafe fn splice(fd_in: c_int, off_in: *mut loff_t, fd_out: c_int, off_out: *mut loff_t, len: size_t, flags: c_uint) -> ssize_t {
     let pass_through = || (real().splice)(fd_in, off_in, fd_out, off_out, len, flags);
     if (!DATA.get(fd_in) && !DATA.get(fd_out)) || reentered() {
         return pass_through();
     }
-    let nonblock = flags & libc::SPLICE_F_NONBLOCK != 0;
+    // As Linux: SPLICE_F_NONBLOCK makes the splice itself non-blocking.
+    let dontwait = if flags & libc::SPLICE_F_NONBLOCK != 0 { libc::MSG_DONTWAIT } else { 0 };
     boundary(-1, || {
-        if let Some((c, s)) = managed(fd_out) {
+        if let Some((c, s)) = managed(fd_out, dontwait)? {
             // pipe -> socket
             let mut src = |p: *mut u8, n: usize| sys::read_raw(fd_in, p, n);
-            return fabric_send_from(fd_out, &c, &*s, len, nonblock, &mut src).map(|n| n as ssize_t);
+            return fabric_send_from(fd_out, &c, &*s, len, dontwait, &mut src).map(|n| n as ssize_t);
         }
-        if let Some((c, s)) = managed(fd_in) {
-            // socket -> pipe
+        if let Some((c, s)) = managed(fd_in, dontwait)? {
+            // socket -> pipe: move only what the pipe can take now, so that neither the
+            // pipe nor the ring lock is ever waited on while holding the other.
+            let mut limit = Limit::default();
             loop {
-                let mut sink = |p: *const u8, n: usize| sys::write_raw(fd_out, p, n.min(len));
+                let room = pipe_space(fd_out).min(len);
+                if room == 0 {
+                    if dontwait != 0 || sys::is_nonblocking(fd_out).unwrap_or(false) {
+                        return Err(libc::EAGAIN);
+                    }
+                    let mut pf = [libc::pollfd { fd: fd_out, events: libc::POLLOUT, revents: 0 }];
+                    sys::poll(&mut pf, -1).map_err(|e| e.raw_os_error().unwrap_or(libc::EIO))?;
+                    continue;
+                }
+                let mut left = room;
+                let mut sink = |p: *const u8, n: usize| -> std::io::Result<usize> {
+                    let m = sys::write_raw(fd_out, p, n.min(left))?;
+                    left -= m;
+                    Ok(m)
+                };
                 match s.dequeue_into(&mut sink) {
                     Ok(n) => {
                         c.count_in(n);
                         return Ok(n as ssize_t);
                     }
-                    Err(StreamError::WouldBlock) if s.has_data() => return Err(libc::EAGAIN), // the pipe is full
-                    Err(StreamError::WouldBlock) => {
-                        block_on(fd_in, &*s, wait::DATA, if nonblock { libc::MSG_DONTWAIT } else { 0 })?
-                    }
-                    Err(e) => return Err(stream_errno(e, 0)),
+                    Err(StreamError::WouldBlock) => block_on(fd_in, &*s, wait::DATA, dontwait, &mut limit)?,
+                    Err(e) => return Err(stream_errno(&*s, e, 0)),
                 }
             }
         }
@@ -734,7 +794,7 @@ pub unsafe fn shutdown(fd: c_int, how: c_int) -> c_int {
             libc::SHUT_RDWR => Shutdown::Both,
             _ => return Err(libc::EINVAL),
         };
-        match managed(fd) {
+        match managed(fd, 0)? {
             Some((_, s)) => {
                 s.shutdown(how_);
                 Ok(0)
@@ -754,6 +814,9 @@ pub unsafe fn close(fd: c_int) -> c_int {
     }
     if TRACKED.get(fd) {
         let e = table::remove(fd);
+        if let Some(Entry::Conn(c)) = &e {
+            abort_if_lingering(fd, c);
+        }
         let r = (real().close)(fd);
         let saved = errno();
         drop(e);
@@ -761,6 +824,21 @@ pub unsafe fn close(fd: c_int) -> c_int {
         return r;
     }
     (real().close)(fd)
+}
+
+/// The last local reference to a fabric connection closes with SO_LINGER {1, 0}: the
+/// peer must see a reset, as Linux sends RST on an abortive close.
+fn abort_if_lingering(fd: c_int, c: &Arc<Conn>) {
+    if Arc::strong_count(c) != 1 {
+        return;
+    }
+    if let Some(Some(s)) = c.decided.get() {
+        if let Ok(l) = sys::getsockopt::<libc::linger>(fd, libc::SOL_SOCKET, libc::SO_LINGER) {
+            if l.l_onoff != 0 && l.l_linger == 0 {
+                s.abort();
+            }
+        }
+    }
 }
 
 pub unsafe fn close_range(first: c_uint, last: c_uint, flags: c_int) -> c_int {
@@ -810,12 +888,13 @@ unsafe fn dup_onto(old: c_int, new: c_int, call: impl FnOnce() -> c_int) -> c_in
         set_errno(libc::EBUSY);
         return -1;
     }
-    let prior = if old != new && TRACKED.get(new) { table::remove(new) } else { None };
     let r = call();
     let saved = errno();
-    drop(prior);
     if r >= 0 && old != new {
+        // `new` was closed by the kernel as part of the call; it now names `old`'s socket.
+        let prior = table::remove(new);
         dup_track(old, r);
+        drop(prior);
     }
     set_errno(saved);
     r
@@ -853,7 +932,7 @@ pub unsafe fn ioctl(fd: c_int, req: c_ulong, arg: *mut c_void) -> c_int {
     if !DATA.get(fd) || reentered() || arg.is_null() || !matches!(req, libc::FIONREAD | libc::TIOCOUTQ) {
         return (real().ioctl)(fd, req, arg);
     }
-    boundary(-1, || match managed(fd) {
+    boundary(-1, || match managed(fd, libc::MSG_DONTWAIT).unwrap_or(None) {
         Some((_, s)) => {
             // FIONREAD is SIOCINQ; TIOCOUTQ is SIOCOUTQ.
             let v = if req == libc::FIONREAD { s.rx_pending() } else { s.tx_pending() };
@@ -865,7 +944,17 @@ pub unsafe fn ioctl(fd: c_int, req: c_ulong, arg: *mut c_void) -> c_int {
 }
 
 pub unsafe fn getsockopt(fd: c_int, level: c_int, name: c_int, val: *mut c_void, len: *mut socklen_t) -> c_int {
-    // Every option lives on the kernel socket, which stays real and connected.
+    // Every option lives on the kernel socket, which stays real and connected, except
+    // a reset the fabric saw: as Linux, SO_ERROR reports it once.
+    if level == libc::SOL_SOCKET && name == libc::SO_ERROR && DATA.get(fd) && !val.is_null() && !len.is_null() && !reentered() {
+        if let Ok(Some((_, s))) = managed(fd, libc::MSG_DONTWAIT) {
+            if (*len as usize) >= std::mem::size_of::<c_int>() && s.take_error() {
+                *(val as *mut c_int) = libc::ECONNRESET;
+                *len = std::mem::size_of::<c_int>() as socklen_t;
+                return 0;
+            }
+        }
+    }
     (real().getsockopt)(fd, level, name, val, len)
 }
 

@@ -9,10 +9,10 @@
 #![allow(clippy::missing_safety_doc)]
 
 use crate::hooks::real;
-use crate::imp::{boundary, managed_stream, reentered, set_errno};
+use crate::imp::{boundary, poll_target, reentered, set_errno, PollTarget};
 use crate::table::DATA;
 use libc::{c_int, fd_set, nfds_t, pollfd, sigset_t, size_t, timespec, timeval};
-use rdmasock_transport::conn::poll_step;
+use rdmasock_transport::conn::{poll_step, PollItem};
 use rdmasock_transport::fabric::Stream;
 use rdmasock_transport::layout::wait;
 use rdmasock_transport::sys;
@@ -25,16 +25,19 @@ fn has_fabric(fds: &[pollfd]) -> bool {
 
 /// The common body: `fds` has at least one fabric fd.
 fn poll_fabric(fds: &mut [pollfd], timeout: Option<Duration>, sigmask: Option<&sigset_t>) -> Result<c_int, i32> {
-    let mut fabric: Vec<(usize, Arc<dyn Stream>)> = Vec::new();
-    let mut kernel: Vec<usize> = Vec::new();
-    for (i, p) in fds.iter().enumerate() {
-        match (p.fd >= 0 && DATA.get(p.fd)).then(|| managed_stream(p.fd)).flatten() {
-            Some(s) => fabric.push((i, s)),
-            None => kernel.push(i),
-        }
-    }
     let deadline = timeout.map(|t| sys::now_ns() + t.as_nanos() as u64);
     loop {
+        // Classify every round: an offer answered meanwhile changes a fd's kind.
+        let mut fabric: Vec<(usize, Arc<dyn Stream>)> = Vec::new();
+        let mut kernel: Vec<usize> = Vec::new();
+        let mut offered: Vec<(c_int, u64)> = Vec::new();
+        for (i, p) in fds.iter().enumerate() {
+            match if p.fd >= 0 && DATA.get(p.fd) { poll_target(p.fd) } else { PollTarget::Kernel } {
+                PollTarget::Fabric(s) => fabric.push((i, s)),
+                PollTarget::Kernel => kernel.push(i),
+                PollTarget::Offered { bell, deadline_ns } => offered.push((bell, deadline_ns)),
+            }
+        }
         let mut n = 0;
         for (i, s) in &fabric {
             let want = fds[*i].events | libc::POLLERR | libc::POLLHUP;
@@ -53,18 +56,17 @@ fn poll_fabric(fds: &mut [pollfd], timeout: Option<Duration>, sigmask: Option<&s
                 n += 1;
             }
         }
-        let remaining = match deadline {
-            Some(d) => {
-                let now = sys::now_ns();
-                if n > 0 || now >= d {
-                    return Ok(n);
-                }
-                Some(Duration::from_nanos(d - now))
-            }
-            None if n > 0 => return Ok(n),
-            None => None,
-        };
-        let streams: Vec<(&dyn Stream, u32)> = fabric
+        let now = sys::now_ns();
+        if n > 0 || deadline.is_some_and(|d| now >= d) {
+            return Ok(n);
+        }
+        // Wake for the caller's timeout, or when an unanswered offer's deadline passes.
+        let wake_at = offered.iter().map(|&(_, d)| d).chain(deadline).min();
+        let remaining = wake_at.map(|d| Duration::from_nanos(d.saturating_sub(now)));
+        for &(bell, _) in &offered {
+            kfds.push(pollfd { fd: bell, events: libc::POLLIN, revents: 0 });
+        }
+        let items: Vec<PollItem<'_>> = fabric
             .iter()
             .map(|(i, s)| {
                 let ev = fds[*i].events;
@@ -75,10 +77,10 @@ fn poll_fabric(fds: &mut [pollfd], timeout: Option<Duration>, sigmask: Option<&s
                 if ev & (libc::POLLOUT | libc::POLLWRNORM) != 0 {
                     interest |= wait::SPACE;
                 }
-                (&**s, interest)
+                PollItem { stream: &**s, interest, events: ev }
             })
             .collect();
-        poll_step(&streams, &mut kfds, remaining, sigmask).map_err(|e| e.raw_os_error().unwrap_or(libc::EINVAL))?;
+        poll_step(&items, &mut kfds, remaining, sigmask).map_err(|e| e.raw_os_error().unwrap_or(libc::EINVAL))?;
     }
 }
 

@@ -70,8 +70,13 @@ pub struct Conn {
     pub send_lock: Mutex<()>,
 }
 
-/// The kernel connection is still being established (non-blocking connect).
-pub struct InProgress;
+/// Why a connection has no path yet.
+pub enum Undecided {
+    /// The kernel connection is still being established (non-blocking connect).
+    Connecting,
+    /// The server's shim has not answered the offer yet, and the caller may not wait.
+    Offered,
+}
 
 impl Conn {
     pub fn decided(role: u8, fd: i32, local: Option<SockAddr>, peer: Option<SockAddr>, stream: Option<Arc<dyn Stream>>, reason: Reason) -> Conn {
@@ -96,9 +101,11 @@ impl Conn {
         }
     }
 
-    /// The connection's stream (None: kernel TCP), deciding a pending client first. May
-    /// wait, bounded by the claim deadline, for the server's shim to claim.
-    pub fn stream(&self, fd: i32) -> Result<Option<Arc<dyn Stream>>, InProgress> {
+    /// The connection's stream (None: kernel TCP), deciding a pending client first.
+    /// With `may_wait` (a blocking call on a blocking socket) it waits, bounded by the
+    /// claim deadline, for the server's shim to claim; without, an unanswered offer is
+    /// reported as [`Undecided::Offered`] until the deadline passes.
+    pub fn stream(&self, fd: i32, may_wait: bool) -> Result<Option<Arc<dyn Stream>>, Undecided> {
         if let Some(d) = self.decided.get() {
             return Ok(d.clone());
         }
@@ -108,27 +115,35 @@ impl Conn {
         }
         match tcp_state(fd) {
             Some(TCP_SYN_SENT) | Some(TCP_SYN_RECV) => {
-                if sys::is_nonblocking(fd).unwrap_or(true) {
-                    return Err(InProgress);
+                if !may_wait {
+                    return Err(Undecided::Connecting);
                 }
-                // A blocking socket whose connect was started non-blocking: wait for
-                // the kernel to finish, as a blocking call on it would.
+                // A blocking call while the kernel still connects (the connect was
+                // started non-blocking): wait for it, as the call would on TCP.
                 let mut pf = [libc::pollfd { fd, events: libc::POLLOUT, revents: 0 }];
                 let _ = sys::poll(&mut pf, -1);
                 drop(p);
-                return self.stream(fd);
+                return self.stream(fd, may_wait);
             }
             _ => {}
+        }
+        if !may_wait {
+            if let Some(pend) = p.as_ref() {
+                let open = pend.offer.decision(std::time::Duration::ZERO).is_none();
+                if open && sys::now_ns() < pend.deadline_ns {
+                    return Err(Undecided::Offered);
+                }
+            }
         }
         let Some(pend) = p.take() else {
             let _ = self.decided.set(None);
             return Ok(None);
         };
         let (stream, reason) = match tcp_state(fd) {
-            Some(TCP_CLOSE) | None => {
-                pend.offer.withdraw();
-                (None, Reason::ConnectFailed)
-            }
+            Some(TCP_CLOSE) | None if pend.offer.withdraw() => (None, Reason::ConnectFailed),
+            // The kernel connection is already gone, but the server's shim claimed first:
+            // what it sent before it went is in the ring.
+            Some(TCP_CLOSE) | None => (Some(pend.offer.into_stream()), Reason::None),
             _ => {
                 let left = pend.deadline_ns.saturating_sub(sys::now_ns());
                 match pend.offer.decision(std::time::Duration::from_nanos(left)) {
@@ -148,6 +163,12 @@ impl Conn {
         log_decision("connect", fd, self.local.or_else(|| sys::getsockname(fd).ok()), self.peer, stream.is_some(), reason);
         let _ = self.decided.set(stream.clone());
         Ok(stream)
+    }
+
+    /// While the offer is unanswered: the doorbell the server rings when it decides, and
+    /// the deadline after which the client decides alone.
+    pub fn pending_bell(&self) -> Option<(i32, u64)> {
+        self.pending.lock().as_ref().map(|p| (p.offer.doorbell(), p.deadline_ns))
     }
 
     pub fn count_in(&self, n: usize) {

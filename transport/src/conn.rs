@@ -37,26 +37,27 @@ pub fn wait_stream(s: &dyn Stream, interest: u32, timeout: Option<Duration>, pol
     let deadline = timeout.map(|t| sys::now_ns() + t.as_nanos() as u64);
     loop {
         let Ok(role) = s.local_bell().join() else { return WaitEnd::Interrupted };
-        s.arm(interest);
-        if ready(s, interest) {
-            s.disarm(interest);
+        s.local_bell().arm(interest, |i| s.arm(i));
+        let stop = |end| {
+            s.local_bell().disarm(interest, |i| s.disarm(i));
             s.local_bell().leave(role);
-            return WaitEnd::Ready;
+            end
+        };
+        if ready(s, interest) {
+            return stop(WaitEnd::Ready);
         }
         let remaining = match deadline {
             Some(d) => {
                 let now = sys::now_ns();
                 if now >= d {
-                    s.disarm(interest);
-                    s.local_bell().leave(role);
-                    return WaitEnd::TimedOut;
+                    return stop(WaitEnd::TimedOut);
                 }
                 Some(Duration::from_nanos(d - now))
             }
             None => None,
         };
         let woke = block(s.doorbell(), role, remaining);
-        s.disarm(interest);
+        s.local_bell().disarm(interest, |i| s.disarm(i));
         if role == Role::Leader {
             if woke == Woke::PeerGone {
                 s.ring_gone();
@@ -74,37 +75,51 @@ pub fn wait_stream(s: &dyn Stream, interest: u32, timeout: Option<Duration>, pol
     }
 }
 
-/// One blocking step over fabric streams and kernel fds together (poll/select).
-/// `streams` are (stream, interest bits); `kernel` is the caller's pollfd list for kernel
-/// fds, whose `revents` are filled in. Returns the number of kernel fds ready; the caller
+/// A fabric stream in a poll set: what to announce (`wait::*` bits) and which poll
+/// events the caller wants reported.
+pub struct PollItem<'a> {
+    pub stream: &'a dyn Stream,
+    pub interest: u32,
+    pub events: i16,
+}
+
+impl PollItem<'_> {
+    /// Would poll report something for this stream now?
+    pub fn ready(&self) -> bool {
+        self.stream.poll_events() & (self.events | libc::POLLERR | libc::POLLHUP) != 0
+    }
+}
+
+/// One blocking step over fabric streams and kernel fds together (poll/select/epoll).
+/// `kernel` is the caller's pollfd list for kernel fds (and other doorbells), whose
+/// `revents` are filled in. Returns the number of kernel fds ready; the caller
 /// re-checks the streams (any of them may have become ready) and loops if needed.
 pub fn poll_step(
-    streams: &[(&dyn Stream, u32)],
+    items: &[PollItem<'_>],
     kernel: &mut [libc::pollfd],
     timeout: Option<Duration>,
     sigmask: Option<&libc::sigset_t>,
 ) -> io::Result<usize> {
-    let mut roles = Vec::with_capacity(streams.len());
-    for (s, interest) in streams {
-        match s.local_bell().join() {
-            Ok(r) => roles.push(r),
-            Err(e) => {
-                for ((s, i), r) in streams.iter().zip(&roles) {
-                    s.disarm(*i);
-                    s.local_bell().leave(*r);
-                }
-                return Err(e);
-            }
-        }
-        s.arm(*interest);
-    }
+    let mut roles: Vec<Role> = Vec::with_capacity(items.len());
     let cleanup = |roles: &[Role]| {
-        for ((s, i), r) in streams.iter().zip(roles) {
-            s.disarm(*i);
+        for (it, r) in items.iter().zip(roles) {
+            let s = it.stream;
+            s.local_bell().disarm(it.interest, |i| s.disarm(i));
             s.local_bell().leave(*r);
         }
     };
-    if streams.iter().any(|(s, i)| ready(*s, *i)) {
+    for it in items {
+        match it.stream.local_bell().join() {
+            Ok(r) => roles.push(r),
+            Err(e) => {
+                cleanup(&roles);
+                return Err(e);
+            }
+        }
+        let s = it.stream;
+        s.local_bell().arm(it.interest, |i| s.arm(i));
+    }
+    if items.iter().any(|it| it.ready()) {
         cleanup(&roles);
         for k in kernel.iter_mut() {
             k.revents = 0;
@@ -119,7 +134,7 @@ pub fn poll_step(
         match r {
             Role::Leader => {
                 led.push((idx, fds.len()));
-                fds.push(libc::pollfd { fd: streams[idx].0.doorbell(), events: libc::POLLIN, revents: 0 });
+                fds.push(libc::pollfd { fd: items[idx].stream.doorbell(), events: libc::POLLIN, revents: 0 });
             }
             Role::Follower(ev) if event_fd.is_none() => {
                 event_fd = Some(fds.len());
@@ -131,7 +146,7 @@ pub fn poll_step(
     let ts = timeout.map(|t| libc::timespec { tv_sec: t.as_secs() as libc::time_t, tv_nsec: t.subsec_nanos() as libc::c_long });
     let res = sys::ppoll(&mut fds, ts.as_ref(), sigmask);
     for &(idx, at) in &led {
-        let s = streams[idx].0;
+        let s = items[idx].stream;
         if fds[at].revents != 0 {
             if drain_after_poll(s.doorbell(), fds[at].revents) {
                 s.ring_gone();

@@ -109,6 +109,8 @@ pub enum StreamError {
     Reset,
     /// Writing to a stream that is shut or whose peer is gone (EPIPE, with SIGPIPE).
     Pipe,
+    /// The source or sink of a sendfile/splice failed with this errno.
+    Io(i32),
 }
 
 /// `how` for [`Stream::shutdown`].
@@ -128,11 +130,14 @@ pub trait Stream: Send + Sync {
     /// Copy in as much as fits, without blocking; `Ok(0)` only for empty input.
     fn enqueue(&self, bufs: &[IoSlice<'_>]) -> Result<usize, StreamError>;
     /// Fill the transmit ring straight from a source (sendfile, splice): `fill` gets a
-    /// writable run and returns the bytes it wrote there.
+    /// writable run and returns the bytes it wrote there (0: the source is exhausted).
+    /// The caller serialises producers (the ring lock is not held while `fill` runs, so
+    /// a slow source never stalls readiness checks).
     fn enqueue_from(&self, fill: &mut dyn FnMut(*mut u8, usize) -> io::Result<usize>) -> Result<usize, StreamError>;
     /// Copy out what is there; `Ok(0)` is end of stream.
     fn dequeue(&self, bufs: &mut [IoSliceMut<'_>], peek: bool) -> Result<usize, StreamError>;
-    /// Drain the receive ring straight into a sink (splice): `drain` gets a readable run.
+    /// Drain the receive ring straight into a sink (splice): `drain` gets a readable run
+    /// and must not block.
     fn dequeue_into(&self, drain: &mut dyn FnMut(*const u8, usize) -> io::Result<usize>) -> Result<usize, StreamError>;
     /// A dequeue would not block (data, end of stream or an error is waiting).
     fn has_data(&self) -> bool;
@@ -140,6 +145,10 @@ pub trait Stream: Send + Sync {
     fn has_space(&self) -> bool;
     /// poll(2) events as Linux TCP would report them (tcp_poll).
     fn poll_events(&self) -> i16;
+    /// Consume the pending reset, if any, once it has been reported (as Linux: a socket
+    /// error is reported once; until then every call sees it). Returns whether one was
+    /// pending.
+    fn take_error(&self) -> bool;
     /// Bytes waiting to be read (FIONREAD / SIOCINQ).
     fn rx_pending(&self) -> usize;
     /// Bytes written but not yet consumed by the peer (SIOCOUTQ).
@@ -154,6 +163,9 @@ pub trait Stream: Send + Sync {
     /// the peer's fence before it reads the announcement).
     fn arm(&self, interest: u32);
     fn disarm(&self, interest: u32);
+    /// Wake this process's own waiters on the stream (a local shutdown changed what they
+    /// wait for).
+    fn wake_local(&self);
     /// The doorbell hung up: the peer has closed or died.
     fn ring_gone(&self);
     /// How to wait now, by where the peer runs (also publishes where we run).
@@ -166,6 +178,9 @@ pub trait Stream: Send + Sync {
 
     // --- shutdown ---
     fn shutdown(&self, how: Shutdown);
+    /// The last local reference closes with SO_LINGER {on, 0}: the peer must see a reset
+    /// (as Linux sends RST on an abortive close).
+    fn abort(&self);
 }
 
 /// A client's pending offer.
@@ -178,6 +193,8 @@ pub trait Offer: Send + Sync {
     fn withdraw(&self) -> bool;
     /// The stream of a claimed offer; the offer's registry record is removed.
     fn into_stream(self: Box<Self>) -> Arc<dyn Stream>;
+    /// Readable when the server's shim has decided (for poll while undecided).
+    fn doorbell(&self) -> RawFd;
 }
 
 /// A fabric.

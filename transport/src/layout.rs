@@ -67,6 +67,15 @@ pub struct SideCtl {
     /// Non-zero while the owning side is busy-waiting or yielding for this connection
     /// (Relaxed: a hint only).
     pub spinning: AtomicU32,
+    /// `side::*` bits, set by the owning side (Release) before it closes; read by the
+    /// peer (Acquire) once it has seen the doorbell hang up.
+    pub flags: AtomicU32,
+}
+
+/// Bits of [`SideCtl::flags`].
+pub mod side {
+    /// The side closed abortively (SO_LINGER {1, 0}): the peer sees a reset.
+    pub const ABORT: u32 = 1;
 }
 
 /// The producer's line of one direction.

@@ -137,8 +137,8 @@ impl ShmStream {
             return Some(StreamError::Pipe);
         }
         if f & local::ERR_RESET != 0 {
-            // As Linux: the pending error is reported once (ECONNRESET), then EPIPE.
-            self.flags.fetch_and(!local::ERR_RESET, Ordering::AcqRel);
+            // As Linux: the pending error is reported once (ECONNRESET, consumed by the
+            // caller with take_error), then EPIPE.
             return Some(StreamError::Reset);
         }
         if f & local::PEER_GONE != 0 {
@@ -195,8 +195,15 @@ impl Stream for ShmStream {
                 return Err(e);
             }
         }
-        let mut tx = self.tx.lock();
-        let runs = tx.free_runs().map_err(|_| self.broken())?;
+        // The runs stay ours while the lock is dropped: the caller serialises producers,
+        // and the consumer only ever frees more space.
+        let runs = self.tx.lock().free_runs().map_err(|_| self.broken())?;
+        if runs[0].1 == 0 {
+            if self.probe_gone() {
+                return Err(self.pipe_or_reset().unwrap_or(StreamError::Pipe));
+            }
+            return Err(StreamError::WouldBlock);
+        }
         let mut done = 0usize;
         for (ptr, len) in runs {
             if len == 0 {
@@ -211,23 +218,14 @@ impl Stream for ShmStream {
                     }
                 }
                 Err(_) if done > 0 => break,
-                Err(_) => return Err(StreamError::WouldBlock),
+                Err(e) => return Err(StreamError::Io(e.raw_os_error().unwrap_or(libc::EIO))),
             }
         }
         if done > 0 {
-            tx.publish(done as u64);
-            drop(tx);
+            self.tx.lock().publish(done as u64);
             self.wake_peer(wait::DATA);
-            return Ok(done);
         }
-        drop(tx);
-        if runs_empty(&runs) {
-            if self.probe_gone() {
-                return Err(self.pipe_or_reset().unwrap_or(StreamError::Pipe));
-            }
-            return Err(StreamError::WouldBlock);
-        }
-        Ok(0)
+        Ok(done)
     }
 
     fn dequeue(&self, bufs: &mut [IoSliceMut<'_>], peek: bool) -> Result<usize, StreamError> {
@@ -266,7 +264,7 @@ impl Stream for ShmStream {
                         }
                     }
                     Err(_) if done > 0 => break,
-                    Err(_) => return Err(StreamError::WouldBlock),
+                    Err(e) => return Err(StreamError::Io(e.raw_os_error().unwrap_or(libc::EIO))),
                 }
             }
             if done > 0 {
@@ -326,6 +324,10 @@ impl Stream for ShmStream {
         ev
     }
 
+    fn take_error(&self) -> bool {
+        self.flags.fetch_and(!local::ERR_RESET, Ordering::AcqRel) & local::ERR_RESET != 0
+    }
+
     fn rx_pending(&self) -> usize {
         self.rx_avail().unwrap_or(0) as usize
     }
@@ -353,14 +355,27 @@ impl Stream for ShmStream {
         self.me().wait.fetch_and(!interest, Ordering::Relaxed);
     }
 
+    fn wake_local(&self) {
+        // A leader sleeps in read(2) on our doorbell, whose only writers are the peer's:
+        // write to it through a transient second write end (not kept, so that the
+        // peer's exit still hangs the pipe up).
+        let path = format!("/proc/self/fd/{}", self.bell_rx.as_raw_fd());
+        if let Ok(w) = sys::open(&path, libc::O_WRONLY | libc::O_NONBLOCK, 0) {
+            let _ = sys::write(w.as_raw_fd(), &[1]);
+        }
+        self.bell.woke();
+    }
+
     fn ring_gone(&self) {
         if self.flags.fetch_or(local::PEER_GONE, Ordering::AcqRel) & local::PEER_GONE != 0 {
             return;
         }
-        // Did the peer leave bytes of ours unread? Then it is a reset, as Linux sends RST
-        // when a socket is closed with data in its receive queue.
+        // Did the peer leave bytes of ours unread, or close abortively? Then it is a
+        // reset, as Linux sends RST when a socket is closed with data in its receive
+        // queue or with SO_LINGER {1, 0}.
         let unread = self.tx.lock().unconsumed().unwrap_or(1);
-        let bit = if unread > 0 { local::ERR_RESET } else { local::FIN };
+        let aborted = self.peer().flags.load(Ordering::Acquire) & layout::side::ABORT != 0;
+        let bit = if unread > 0 || aborted { local::ERR_RESET } else { local::FIN };
         self.flags.fetch_or(bit, Ordering::AcqRel);
     }
 
@@ -379,8 +394,6 @@ impl Stream for ShmStream {
     fn shutdown(&self, how: Shutdown) {
         if matches!(how, Shutdown::Read | Shutdown::Both) {
             self.flags.fetch_or(local::RD_SHUT, Ordering::AcqRel);
-            // Our own blocked readers must see it.
-            self.bell.woke();
         }
         if matches!(how, Shutdown::Write | Shutdown::Both)
             && self.flags.fetch_or(local::WR_SHUT, Ordering::AcqRel) & local::WR_SHUT == 0
@@ -388,6 +401,12 @@ impl Stream for ShmStream {
             self.tx.lock().set_flags(pflags::WR_SHUT);
             self.wake_peer(wait::DATA);
         }
+        // As Linux: threads blocked in recv or send on this socket return at once.
+        self.wake_local();
+    }
+
+    fn abort(&self) {
+        self.me().flags.fetch_or(layout::side::ABORT, Ordering::Release);
     }
 }
 
@@ -405,17 +424,13 @@ impl ShmStream {
             if self.rx_avail().map_err(|_| self.broken())? > 0 {
                 return Ok(None);
             }
-            if !shut && self.flags.fetch_and(!local::ERR_RESET, Ordering::AcqRel) & local::ERR_RESET != 0 {
+            if !shut && self.has(local::ERR_RESET) {
                 return Err(StreamError::Reset);
             }
             return Ok(Some(0));
         }
         Err(StreamError::WouldBlock)
     }
-}
-
-fn runs_empty<T>(runs: &[(T, usize); 2]) -> bool {
-    runs[0].1 == 0
 }
 
 /// The shm fabric.
@@ -493,6 +508,10 @@ impl Offer for ShmOffer {
         false
     }
 
+    fn doorbell(&self) -> RawFd {
+        self.bell_rx.lock().as_ref().map(|f| f.as_raw_fd()).unwrap_or(-1)
+    }
+
     fn into_stream(self: Box<Self>) -> Arc<dyn Stream> {
         let mut this = self;
         this.finish();
@@ -507,6 +526,11 @@ impl Offer for ShmOffer {
 
 impl Drop for ShmOffer {
     fn drop(&mut self) {
+        // Undecided at drop (the connect failed, or the socket closed before first use):
+        // withdraw, so that a server that already read the record cannot claim it.
+        if self.map.lock().is_some() {
+            let _ = self.state().compare_exchange(state::OFFERED, state::WITHDRAWN, Ordering::AcqRel, Ordering::Acquire);
+        }
         if let Some(h) = self.record.take() {
             h.remove();
         }

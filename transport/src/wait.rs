@@ -82,6 +82,10 @@ struct BellInner {
     leader: bool,
     /// Eventfds of threads waiting as followers.
     followers: Vec<RawFd>,
+    /// How many local waiters announced each wait bit (index = bit number). The shared
+    /// bit is cleared only when the last of them stops waiting: a waiter that leaves
+    /// must not withdraw an announcement another thread still relies on.
+    armed: [u32; 4],
 }
 
 /// How a thread takes part in one connection's wait.
@@ -120,6 +124,36 @@ impl LocalBell {
                     g.followers.swap_remove(i);
                 }
             }
+        }
+    }
+
+    /// Announce (in shared memory, through `set`) that a local waiter blocks for
+    /// `interest`.
+    pub fn arm(&self, interest: u32, set: impl FnOnce(u32)) {
+        let mut g = self.inner.lock();
+        for (bit, n) in g.armed.iter_mut().enumerate() {
+            if interest & (1 << bit) != 0 {
+                *n += 1;
+            }
+        }
+        set(interest);
+    }
+
+    /// A local waiter stopped waiting for `interest`; `clear` withdraws the bits no
+    /// other local waiter still needs.
+    pub fn disarm(&self, interest: u32, clear: impl FnOnce(u32)) {
+        let mut g = self.inner.lock();
+        let mut unneeded = 0;
+        for (bit, n) in g.armed.iter_mut().enumerate() {
+            if interest & (1 << bit) != 0 {
+                *n = n.saturating_sub(1);
+                if *n == 0 {
+                    unneeded |= 1 << bit;
+                }
+            }
+        }
+        if unneeded != 0 {
+            clear(unneeded);
         }
     }
 
@@ -181,6 +215,8 @@ pub fn block(bell: RawFd, role: Role, timeout: Option<Duration>) -> Woke {
         Ok(0) if role == Role::Leader => Woke::PeerGone,
         Ok(_) => Woke::Maybe,
         Err(e) if e.raw_os_error() == Some(libc::EINTR) => Woke::Interrupted,
+        // Our doorbell is gone (closed under us): nothing will ever ring it again.
+        Err(e) if e.raw_os_error() == Some(libc::EBADF) && role == Role::Leader => Woke::PeerGone,
         Err(_) => Woke::Maybe,
     }
 }
