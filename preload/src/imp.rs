@@ -973,3 +973,4 @@ pub unsafe fn getpeername(fd: c_int, addr: *mut sockaddr, len: *mut socklen_t) -
 }
 
 pub use crate::poll::{__poll_chk, __ppoll_chk, poll, ppoll, pselect, select};
+pub use crate::stdio::{closefrom, fclose, fdopen};

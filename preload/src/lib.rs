@@ -13,6 +13,7 @@ pub mod log;
 mod poll;
 mod sock;
 mod state;
+mod stdio;
 mod table;
 
 use rdmasock_transport::sys;
