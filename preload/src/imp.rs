@@ -22,6 +22,10 @@ use std::io::{IoSlice, IoSliceMut};
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 
+pub(crate) fn errno_now() -> i32 {
+    errno()
+}
+
 fn errno() -> i32 {
     // SAFETY: errno is thread-local and always valid.
     unsafe { *libc::__errno_location() }
@@ -62,6 +66,11 @@ pub(crate) fn boundary<T: Copy>(fail: T, f: impl FnOnce() -> Result<T, i32>) -> 
 
 pub(crate) fn reentered() -> bool {
     IN_SHIM.with(|g| g.get())
+}
+
+/// An int-returning libc result as a Result.
+pub(crate) fn pass_int(r: c_int) -> Result<c_int, i32> {
+    pass(r)
 }
 
 /// A libc result as a Result: -1 means errno.
@@ -651,7 +660,9 @@ fn track_tcp(fd: c_int, role: u8, reason: Reason, peer: Option<SockAddr>) {
 
 pub unsafe fn connect(fd: c_int, addr: *const sockaddr, len: socklen_t) -> c_int {
     let pass_through = || (real().connect)(fd, addr, len);
-    if state::off() || reentered() {
+    // A socket the shim already manages is connected or connecting: the kernel answers
+    // a second connect (EISCONN, EALREADY), as it would without us.
+    if state::off() || reentered() || TRACKED.get(fd) {
         return pass_through();
     }
     let Some(dst) = SockAddr::from_ptr(addr, len as usize) else {
@@ -974,3 +985,4 @@ pub unsafe fn getpeername(fd: c_int, addr: *mut sockaddr, len: *mut socklen_t) -
 
 pub use crate::poll::{__poll_chk, __ppoll_chk, poll, ppoll, pselect, select};
 pub use crate::stdio::{closefrom, fclose, fdopen};
+pub use crate::epoll::{epoll_create, epoll_create1, epoll_ctl, epoll_pwait, epoll_pwait2, epoll_wait};
