@@ -10,7 +10,7 @@
 //! ARCHITECTURE.md.)
 #![allow(unsafe_code)]
 
-use libc::{c_char, c_int, c_uint, c_ulong, c_void, fd_set, FILE, iovec, loff_t, mmsghdr, msghdr, nfds_t, off64_t,
+use libc::{c_char, c_int, c_uint, c_ulong, c_void, epoll_event, fd_set, FILE, iovec, loff_t, mmsghdr, msghdr, nfds_t, off64_t,
     off_t, pollfd, sigset_t, size_t, sockaddr, socklen_t, ssize_t, timespec, timeval};
 use std::sync::OnceLock;
 
@@ -91,6 +91,12 @@ hooks! {
     fn __ppoll_chk(fds: *mut pollfd, nfds: nfds_t, timeout: *const timespec, sigmask: *const sigset_t, fdslen: size_t) -> c_int;
     fn select(nfds: c_int, r: *mut fd_set, w: *mut fd_set, e: *mut fd_set, timeout: *mut timeval) -> c_int;
     fn pselect(nfds: c_int, r: *mut fd_set, w: *mut fd_set, e: *mut fd_set, timeout: *const timespec, sigmask: *const sigset_t) -> c_int;
+    fn epoll_create(size: c_int) -> c_int;
+    fn epoll_create1(flags: c_int) -> c_int;
+    fn epoll_ctl(epfd: c_int, op: c_int, fd: c_int, ev: *mut epoll_event) -> c_int;
+    fn epoll_wait(epfd: c_int, events: *mut epoll_event, max: c_int, timeout: c_int) -> c_int;
+    fn epoll_pwait(epfd: c_int, events: *mut epoll_event, max: c_int, timeout: c_int, sigmask: *const sigset_t) -> c_int;
+    fn epoll_pwait2(epfd: c_int, events: *mut epoll_event, max: c_int, timeout: *const timespec, sigmask: *const sigset_t) -> c_int;
     fn closefrom(low: c_int) -> ();
     fn fdopen(fd: c_int, mode: *const c_char) -> *mut FILE;
     fn fclose(f: *mut FILE) -> c_int;

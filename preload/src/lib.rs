@@ -7,6 +7,7 @@
 //! -> the transport crate (fabrics, rendezvous, rings). See ARCHITECTURE.md.
 #![deny(unsafe_code)]
 
+mod epoll;
 pub mod hooks;
 mod imp;
 pub mod log;

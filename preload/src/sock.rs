@@ -22,13 +22,14 @@ use std::sync::{Arc, OnceLock};
 pub enum Entry {
     Listener(Arc<Listener>),
     Conn(Arc<Conn>),
+    Epoll(Arc<crate::epoll::EpollSet>),
 }
 
 impl Entry {
     /// Do data calls on this fd need the shim?
     pub fn wants_data(&self) -> bool {
         match self {
-            Entry::Listener(_) => false,
+            Entry::Listener(_) | Entry::Epoll(_) => false,
             Entry::Conn(c) => !matches!(c.decided.get(), Some(None)),
         }
     }

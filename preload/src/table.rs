@@ -83,8 +83,13 @@ pub fn insert(fd: i32, e: Entry) -> Option<Entry> {
     if t.len() <= fd as usize {
         t.resize(fd as usize + 1, None);
     }
-    DATA.set(fd, e.wants_data());
+    let data = e.wants_data();
+    DATA.set(fd, data);
     TRACKED.set(fd, true);
+    if data {
+        // A socket some epoll set may hold in its kernel list is now ours.
+        crate::epoll::GEN.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+    }
     t[fd as usize].replace(e)
 }
 

@@ -149,6 +149,10 @@ pub trait Stream: Send + Sync {
     /// error is reported once; until then every call sees it). Returns whether one was
     /// pending.
     fn take_error(&self) -> bool;
+    /// Monotonic progress counters: (bytes the peer has produced towards us, bytes the
+    /// peer has consumed of ours), as last seen. Edge-triggered readiness reports a
+    /// new edge when either moves.
+    fn progress(&self) -> (u64, u64);
     /// Bytes waiting to be read (FIONREAD / SIOCINQ).
     fn rx_pending(&self) -> usize;
     /// Bytes written but not yet consumed by the peer (SIOCOUTQ).

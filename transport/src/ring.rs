@@ -84,6 +84,11 @@ impl Producer {
         self.tail
     }
 
+    /// The consumer's head as last seen (checked).
+    pub fn head_seen(&self) -> u64 {
+        self.head_seen
+    }
+
     /// Bytes the consumer has not taken yet (checked).
     pub fn unconsumed(&mut self) -> Result<u64, Corrupt> {
         let head = self.load_head()?;
@@ -175,6 +180,11 @@ impl Consumer {
     /// Bytes consumed so far.
     pub fn head(&self) -> u64 {
         self.head
+    }
+
+    /// The producer's tail as last seen (checked).
+    pub fn tail_seen(&self) -> u64 {
+        self.tail_seen
     }
 
     /// Bytes available, from a fresh, checked read of the producer's tail.

@@ -324,6 +324,10 @@ impl Stream for ShmStream {
         ev
     }
 
+    fn progress(&self) -> (u64, u64) {
+        (self.rx.lock().tail_seen(), self.tx.lock().head_seen())
+    }
+
     fn take_error(&self) -> bool {
         self.flags.fetch_and(!local::ERR_RESET, Ordering::AcqRel) & local::ERR_RESET != 0
     }

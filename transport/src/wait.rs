@@ -167,6 +167,25 @@ impl LocalBell {
         *self.inner.lock() = BellInner::default();
     }
 
+    /// An epoll set saw the doorbell ring (it watches the pipe edge-triggered, so it
+    /// never has to read it to be woken). Empty the pipe if no local leader is about to
+    /// read it, so that it never fills up, and tell the followers.
+    pub fn drain_unled(&self, bell: RawFd) {
+        let g = self.inner.lock();
+        if !g.leader {
+            let mut held: libc::c_int = 0;
+            // SAFETY: FIONREAD writes one int.
+            let r = unsafe { libc::syscall(libc::SYS_ioctl, bell, libc::FIONREAD, &mut held as *mut libc::c_int) };
+            let mut buf = [0u8; 256];
+            if r == 0 && held > 0 {
+                let _ = sys::read(bell, &mut buf[..(held as usize).min(256)]);
+            }
+        }
+        for &f in &g.followers {
+            signal_event(f);
+        }
+    }
+
     /// The leader read bytes from the pipe: tell the followers.
     pub fn woke(&self) {
         let g = self.inner.lock();

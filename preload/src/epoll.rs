@@ -1,0 +1,440 @@
+//! epoll over fabric and kernel fds.
+//!
+//! The application's epoll fd stays a real kernel epoll set: kernel fds (files, pipes,
+//! listening sockets, connections on TCP) are registered in it as usual. A fabric
+//! connection cannot be: its kernel socket never carries data, and would report
+//! EPOLLOUT forever. So each set keeps a *shadow* list of its fabric registrations
+//! (events and data exactly as registered), and `epoll_wait`:
+//! 1. reports the shadow entries that are ready (level-triggered, or edge-triggered by
+//!    ring progress, EPOLLONESHOT honoured), together with whatever the kernel set has;
+//! 2. if nothing is ready, announces its interest in every shadow entry (wait bits in
+//!    shared memory) and blocks in the real epoll_wait, in which the connections'
+//!    doorbell pipes are registered edge-triggered under a private tag;
+//! 3. on wake-up, drops the private events and computes readiness again.
+//!
+//! A connection whose offer is still unanswered when registered is kept in the shadow
+//! list until decided; if it ends on TCP it moves into the kernel set with its events
+//! and data. A socket registered before it became a fabric connection (added, then
+//! connected) is moved out of the kernel set the first time the set is waited on after.
+//! (Nested epoll sets whose inner set holds fabric fds are not covered yet.)
+#![allow(unsafe_code)]
+#![allow(clippy::missing_safety_doc)]
+
+use crate::hooks::real;
+use crate::imp::{boundary, reentered, set_errno};
+use crate::sock::{Conn, Entry, Undecided};
+use crate::table::{self, DATA, TRACKED};
+use libc::{c_int, epoll_event, sigset_t, timespec};
+use parking_lot::Mutex;
+use rdmasock_transport::fabric::Stream;
+use rdmasock_transport::layout::wait;
+use rdmasock_transport::sys;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+/// Tag of the set's private registrations (doorbells): a value no canonical user-space
+/// pointer has in its top bits. The low 32 bits hold the doorbell's fd.
+const TAG: u64 = 0xFEED_5EED_0000_0000;
+const TAG_MASK: u64 = 0xFFFF_FFFF_0000_0000;
+
+/// Bumped whenever a connection becomes pending or fabric: a set whose kernel list
+/// might hold such a socket re-checks it.
+pub static GEN: AtomicU64 = AtomicU64::new(0);
+
+const IN_BITS: u32 = (libc::EPOLLIN | libc::EPOLLRDNORM | libc::EPOLLRDHUP | libc::EPOLLPRI) as u32;
+const OUT_BITS: u32 = (libc::EPOLLOUT | libc::EPOLLWRNORM) as u32;
+const ALWAYS: u32 = (libc::EPOLLERR | libc::EPOLLHUP) as u32;
+
+#[derive(Default)]
+pub struct EpollSet {
+    inner: Mutex<Inner>,
+    /// The shadow list is not empty (lets the plain case skip everything).
+    has_shadow: AtomicBool,
+    seen_gen: AtomicU64,
+}
+
+#[derive(Default)]
+struct Inner {
+    shadow: Vec<Shadow>,
+    /// What the application registered in the kernel set, by fd.
+    kernel: HashMap<c_int, (u32, u64)>,
+    /// Doorbells registered in the kernel set, and whose they are.
+    bells: HashMap<c_int, Weak<dyn Stream>>,
+    rotor: usize,
+}
+
+struct Shadow {
+    fd: c_int,
+    conn: Weak<Conn>,
+    events: u32,
+    data: u64,
+    /// EPOLLONESHOT fired: silent until EPOLL_CTL_MOD.
+    fired: bool,
+    /// Edge-triggered: progress counters and mask at the last report.
+    last: Option<(u64, u64, u32)>,
+}
+
+/// What one pass over the shadow list found.
+struct Scan {
+    ready: Vec<epoll_event>,
+    /// Streams to announce interest in before blocking, with the interest.
+    arm: Vec<(Arc<dyn Stream>, u32)>,
+    /// Wake up by then at the latest (an undecided connection).
+    wake_by_ns: Option<u64>,
+}
+
+impl EpollSet {
+    fn ctl_shadow(&self, op: c_int, fd: c_int, c: &Arc<Conn>, ev: Option<&epoll_event>) -> Result<c_int, i32> {
+        let mut g = self.inner.lock();
+        let at = g.shadow.iter().position(|s| s.fd == fd && s.conn.upgrade().is_some_and(|x| Arc::ptr_eq(&x, c)));
+        match (op, at, ev) {
+            (libc::EPOLL_CTL_ADD, Some(_), _) => Err(libc::EEXIST),
+            (libc::EPOLL_CTL_ADD, None, Some(ev)) => {
+                g.shadow.push(Shadow { fd, conn: Arc::downgrade(c), events: ev.events, data: ev.u64, fired: false, last: None });
+                self.has_shadow.store(true, Ordering::Release);
+                Ok(0)
+            }
+            (libc::EPOLL_CTL_MOD, Some(i), Some(ev)) => {
+                if ev.events & libc::EPOLLEXCLUSIVE as u32 != 0 {
+                    return Err(libc::EINVAL); // as Linux
+                }
+                let s = &mut g.shadow[i];
+                s.events = ev.events;
+                s.data = ev.u64;
+                s.fired = false;
+                s.last = None;
+                Ok(0)
+            }
+            (libc::EPOLL_CTL_DEL, Some(i), _) => {
+                g.shadow.swap_remove(i);
+                Ok(0)
+            }
+            (libc::EPOLL_CTL_ADD | libc::EPOLL_CTL_MOD, _, None) => Err(libc::EFAULT),
+            (libc::EPOLL_CTL_MOD | libc::EPOLL_CTL_DEL, None, _) => Err(libc::ENOENT),
+            _ => Err(libc::EINVAL),
+        }
+    }
+
+    /// Sockets the application put in the kernel set before they became fabric
+    /// connections: move them to the shadow list.
+    fn migrate(&self, epfd: c_int) {
+        let gen = GEN.load(Ordering::Acquire);
+        if self.seen_gen.swap(gen, Ordering::AcqRel) == gen {
+            return;
+        }
+        let mut g = self.inner.lock();
+        let movers: Vec<c_int> = g.kernel.keys().copied().filter(|&fd| DATA.get(fd)).collect();
+        for fd in movers {
+            let Some(Entry::Conn(c)) = table::get(fd) else { continue };
+            // Only if the kernel still holds this socket's registration (a closed fd's
+            // registration is gone, and its number may now be someone else's).
+            if unsafe { (real().epoll_ctl)(epfd, libc::EPOLL_CTL_DEL, fd, std::ptr::null_mut()) } != 0 {
+                g.kernel.remove(&fd);
+                continue;
+            }
+            let (events, data) = g.kernel.remove(&fd).unwrap_or((0, 0));
+            g.shadow.push(Shadow { fd, conn: Arc::downgrade(&c), events, data, fired: false, last: None });
+            self.has_shadow.store(true, Ordering::Release);
+        }
+    }
+
+    /// One pass: settle undecided entries, report ready ones (up to `max`).
+    fn scan(&self, epfd: c_int, max: usize) -> Scan {
+        let mut g = self.inner.lock();
+        let mut out = Scan { ready: Vec::new(), arm: Vec::new(), wake_by_ns: None };
+        let n = g.shadow.len();
+        let start = if n == 0 { 0 } else { g.rotor % n };
+        let mut gone = Vec::new();
+        for k in 0..n {
+            let i = (start + k) % n;
+            let Some(c) = g.shadow[i].conn.upgrade() else {
+                gone.push(i);
+                continue;
+            };
+            let fd = g.shadow[i].fd;
+            let stream = match c.stream(fd, false) {
+                Ok(Some(s)) => s,
+                Ok(None) => {
+                    // Settled on TCP: the kernel set takes it over, as registered.
+                    let (events, data) = (g.shadow[i].events, g.shadow[i].data);
+                    let mut ev = epoll_event { events, u64: data };
+                    if unsafe { (real().epoll_ctl)(epfd, libc::EPOLL_CTL_ADD, fd, &mut ev) } == 0 {
+                        g.kernel.insert(fd, (events, data));
+                    }
+                    gone.push(i);
+                    continue;
+                }
+                Err(Undecided::Connecting) => {
+                    // The kernel is still connecting: ask it, and look again soon.
+                    let s = &g.shadow[i];
+                    let mut p = [libc::pollfd { fd, events: (s.events & 0xffff) as i16, revents: 0 }];
+                    if matches!(sys::poll(&mut p, 0), Ok(1)) && out.ready.len() < max {
+                        out.ready.push(epoll_event { events: p[0].revents as u32, u64: s.data });
+                    }
+                    let soon = sys::now_ns() + 1_000_000;
+                    out.wake_by_ns = Some(out.wake_by_ns.map_or(soon, |w| w.min(soon)));
+                    continue;
+                }
+                Err(Undecided::Offered) => {
+                    if let Some((bell, deadline)) = c.pending_bell() {
+                        register_bell_fd(epfd, bell);
+                        out.wake_by_ns = Some(out.wake_by_ns.map_or(deadline, |w| w.min(deadline)));
+                    }
+                    continue;
+                }
+            };
+            self.ensure_bell(&mut g, epfd, &stream);
+            let s = &mut g.shadow[i];
+            if s.fired {
+                continue;
+            }
+            let mask = stream.poll_events() as u16 as u32 & (s.events | ALWAYS);
+            let report = mask != 0 && out.ready.len() < max && {
+                if s.events & libc::EPOLLET as u32 != 0 {
+                    let (pin, pout) = stream.progress();
+                    let edge = match s.last {
+                        None => true,
+                        Some((lin, lout, lmask)) => {
+                            (mask & (IN_BITS | ALWAYS) != 0 && (pin != lin || mask & !lmask & (IN_BITS | ALWAYS) != 0))
+                                || (mask & OUT_BITS != 0 && (pout != lout || mask & !lmask & OUT_BITS != 0))
+                        }
+                    };
+                    if edge {
+                        s.last = Some((pin, pout, mask));
+                    }
+                    edge
+                } else {
+                    true
+                }
+            };
+            if report {
+                out.ready.push(epoll_event { events: mask, u64: s.data });
+                if s.events & libc::EPOLLONESHOT as u32 != 0 {
+                    s.fired = true;
+                }
+            } else {
+                let mut interest = 0;
+                if s.events & IN_BITS != 0 {
+                    interest |= wait::DATA;
+                }
+                if s.events & OUT_BITS != 0 {
+                    interest |= wait::SPACE;
+                }
+                out.arm.push((stream, interest));
+            }
+        }
+        g.bells.retain(|_, w| w.strong_count() > 0);
+        gone.sort_unstable();
+        for i in gone.into_iter().rev() {
+            g.shadow.swap_remove(i);
+        }
+        g.rotor = g.rotor.wrapping_add(1);
+        self.has_shadow.store(!g.shadow.is_empty(), Ordering::Release);
+        out
+    }
+
+    fn ensure_bell(&self, g: &mut Inner, epfd: c_int, s: &Arc<dyn Stream>) {
+        let bell = s.doorbell();
+        if let Some(w) = g.bells.get(&bell) {
+            if w.upgrade().is_some_and(|x| Arc::ptr_eq(&x, s)) {
+                return;
+            }
+        }
+        register_bell_fd(epfd, bell);
+        g.bells.insert(bell, Arc::downgrade(s));
+    }
+
+    /// A private event came back from the kernel set: a doorbell rang or hung up.
+    fn on_bell(&self, bell: c_int, events: u32) {
+        let s = self.inner.lock().bells.get(&bell).and_then(|w| w.upgrade());
+        if let Some(s) = s {
+            if events & (libc::EPOLLHUP | libc::EPOLLERR) as u32 != 0 {
+                s.ring_gone();
+            }
+            s.local_bell().drain_unled(bell);
+        }
+    }
+}
+
+/// Watch a doorbell in the kernel set, edge-triggered: a ring wakes the set whoever
+/// reads the byte afterwards.
+fn register_bell_fd(epfd: c_int, bell: c_int) {
+    let mut ev = epoll_event { events: (libc::EPOLLIN | libc::EPOLLET) as u32, u64: TAG | bell as u32 as u64 };
+    // SAFETY: plain epoll_ctl on fds we own.
+    let r = unsafe { (real().epoll_ctl)(epfd, libc::EPOLL_CTL_ADD, bell, &mut ev) };
+    if r != 0 {
+        // Already there (EEXIST): re-arm the edge.
+        unsafe { (real().epoll_ctl)(epfd, libc::EPOLL_CTL_MOD, bell, &mut ev) };
+    }
+}
+
+fn set_of(epfd: c_int) -> Option<Arc<EpollSet>> {
+    if !TRACKED.get(epfd) {
+        return None;
+    }
+    match table::get(epfd) {
+        Some(Entry::Epoll(s)) => Some(s),
+        _ => None,
+    }
+}
+
+fn track_set(r: c_int) -> c_int {
+    if r >= 0 && !crate::state::off() && !reentered() {
+        table::insert(r, Entry::Epoll(Arc::new(EpollSet::default())));
+    }
+    r
+}
+
+pub unsafe fn epoll_create(size: c_int) -> c_int {
+    track_set((real().epoll_create)(size))
+}
+
+pub unsafe fn epoll_create1(flags: c_int) -> c_int {
+    track_set((real().epoll_create1)(flags))
+}
+
+pub unsafe fn epoll_ctl(epfd: c_int, op: c_int, fd: c_int, ev: *mut epoll_event) -> c_int {
+    let pass_through = || (real().epoll_ctl)(epfd, op, fd, ev);
+    if reentered() {
+        return pass_through();
+    }
+    let Some(set) = set_of(epfd) else { return pass_through() };
+    boundary(-1, || {
+        if fd == epfd {
+            return Err(libc::EINVAL);
+        }
+        let conn = match table::get(fd) {
+            Some(Entry::Conn(c)) if DATA.get(fd) => Some(c),
+            _ => None,
+        };
+        match conn {
+            Some(c) => set.ctl_shadow(op, fd, &c, ev.as_ref()),
+            None => {
+                let r = crate::imp::pass_int(pass_through())?;
+                let mut g = set.inner.lock();
+                match op {
+                    libc::EPOLL_CTL_DEL => {
+                        g.kernel.remove(&fd);
+                    }
+                    _ => {
+                        if let Some(e) = ev.as_ref() {
+                            g.kernel.insert(fd, (e.events, e.u64));
+                        }
+                    }
+                }
+                Ok(r)
+            }
+        }
+    })
+}
+
+/// Remove the private events from `buf[..n]`, handling them; returns the count left.
+fn filter_private(set: &EpollSet, buf: &mut [epoll_event], n: usize) -> usize {
+    let mut keep = 0;
+    for i in 0..n {
+        let e = buf[i];
+        if e.u64 & TAG_MASK == TAG {
+            set.on_bell((e.u64 & 0xFFFF_FFFF) as u32 as c_int, e.events);
+        } else {
+            buf[keep] = e;
+            keep += 1;
+        }
+    }
+    keep
+}
+
+unsafe fn wait_common(
+    epfd: c_int,
+    out: *mut epoll_event,
+    max: c_int,
+    timeout: Option<Duration>,
+    sigmask: *const sigset_t,
+    pass_through: impl Fn() -> c_int,
+) -> c_int {
+    if reentered() || out.is_null() || max <= 0 {
+        return pass_through();
+    }
+    let Some(set) = set_of(epfd) else { return pass_through() };
+    set.migrate(epfd);
+    if !set.has_shadow.load(Ordering::Acquire) && set.inner.lock().bells.is_empty() {
+        return pass_through();
+    }
+    let buf = std::slice::from_raw_parts_mut(out, max as usize);
+    boundary(-1, || {
+        let deadline = timeout.map(|t| sys::now_ns() + t.as_nanos() as u64);
+        loop {
+            let scan = set.scan(epfd, buf.len());
+            let mut n = scan.ready.len();
+            buf[..n].copy_from_slice(&scan.ready);
+            // Whatever the kernel set has now, in the room left.
+            if n < buf.len() {
+                let k = (real().epoll_wait)(epfd, buf[n..].as_mut_ptr(), (buf.len() - n) as c_int, 0);
+                if k > 0 {
+                    let kept = filter_private(&set, &mut buf[n..], k as usize);
+                    n += kept;
+                }
+            }
+            let now = sys::now_ns();
+            if n > 0 || deadline.is_some_and(|d| now >= d) {
+                return Ok(n as c_int);
+            }
+            // Nothing: announce interest, look once more, then block.
+            for (s, i) in &scan.arm {
+                s.local_bell().arm(*i, |b| s.arm(b));
+            }
+            let ready_now = scan.arm.iter().any(|(s, i)| {
+                (*i & wait::DATA != 0 && s.has_data()) || (*i & wait::SPACE != 0 && s.has_space())
+            });
+            let mut k = 0;
+            if !ready_now {
+                let wake_at = scan.wake_by_ns.into_iter().chain(deadline).min();
+                let ms = match wake_at {
+                    None => -1,
+                    Some(w) => (w.saturating_sub(now)).div_ceil(1_000_000).min(i32::MAX as u64) as c_int,
+                };
+                k = if sigmask.is_null() {
+                    (real().epoll_wait)(epfd, buf.as_mut_ptr(), buf.len() as c_int, ms)
+                } else {
+                    (real().epoll_pwait)(epfd, buf.as_mut_ptr(), buf.len() as c_int, ms, sigmask)
+                };
+            }
+            let e = crate::imp::errno_now();
+            for (s, i) in &scan.arm {
+                s.local_bell().disarm(*i, |b| s.disarm(b));
+            }
+            if k < 0 {
+                return Err(e);
+            }
+            let kept = filter_private(&set, buf, k.max(0) as usize);
+            if kept > 0 {
+                return Ok(kept as c_int);
+            }
+        }
+    })
+}
+
+pub unsafe fn epoll_wait(epfd: c_int, out: *mut epoll_event, max: c_int, timeout: c_int) -> c_int {
+    let t = (timeout >= 0).then(|| Duration::from_millis(timeout as u64));
+    wait_common(epfd, out, max, t, std::ptr::null(), || (real().epoll_wait)(epfd, out, max, timeout))
+}
+
+pub unsafe fn epoll_pwait(epfd: c_int, out: *mut epoll_event, max: c_int, timeout: c_int, sigmask: *const sigset_t) -> c_int {
+    let t = (timeout >= 0).then(|| Duration::from_millis(timeout as u64));
+    wait_common(epfd, out, max, t, sigmask, || (real().epoll_pwait)(epfd, out, max, timeout, sigmask))
+}
+
+pub unsafe fn epoll_pwait2(epfd: c_int, out: *mut epoll_event, max: c_int, timeout: *const timespec, sigmask: *const sigset_t) -> c_int {
+    let t = if timeout.is_null() {
+        None
+    } else {
+        let ts = &*timeout;
+        if ts.tv_sec < 0 || ts.tv_nsec < 0 || ts.tv_nsec >= 1_000_000_000 {
+            set_errno(libc::EINVAL);
+            return -1;
+        }
+        Some(Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32))
+    };
+    wait_common(epfd, out, max, t, sigmask, || (real().epoll_pwait2)(epfd, out, max, timeout, sigmask))
+}
