@@ -163,6 +163,7 @@ impl EpollSet {
                     if unsafe { (real().epoll_ctl)(epfd, libc::EPOLL_CTL_ADD, fd, &mut ev) } == 0 {
                         g.kernel.insert(fd, (events, data));
                     }
+                    DATA.set(fd, false);
                     gone.push(i);
                     continue;
                 }
@@ -305,8 +306,10 @@ pub unsafe fn epoll_ctl(epfd: c_int, op: c_int, fd: c_int, ev: *mut epoll_event)
         if fd == epfd {
             return Err(libc::EINVAL);
         }
+        // Fabric and still-undecided connections live in the shadow list; everything
+        // else (connections settled on TCP included) in the kernel set.
         let conn = match table::get(fd) {
-            Some(Entry::Conn(c)) if DATA.get(fd) => Some(c),
+            Some(Entry::Conn(c)) if !matches!(c.decided.get(), Some(None)) => Some(c),
             _ => None,
         };
         match conn {

@@ -723,6 +723,10 @@ unsafe fn on_accept(lfd: c_int, fd: c_int) {
     let (Ok(local), Ok(peer)) = (sys::getsockname(fd), sys::getpeername(fd)) else { return };
     let ours = matches!(table::get(lfd), Some(Entry::Listener(_)));
     let (stream, reason) = if !state::upgrades() {
+        // A shimmed client may still have offered: answer it now.
+        if let (Ok(Some(p)), Some(fab)) = (diag::lookup(peer, local), state::fabric()) {
+            fab.refuse(p.inode);
+        }
         (None, Reason::ForcedTcp)
     } else {
         match (diag::lookup(peer, local), state::fabric()) {
@@ -731,7 +735,10 @@ unsafe fn on_accept(lfd: c_int, fd: c_int) {
                 Err(Reason::PeerNotShim) if !ours => (None, Reason::ListenerUnknown),
                 Err(r) => (None, r),
             },
-            (Ok(Some(_)), Some(_)) => (None, Reason::PeerOtherUid),
+            (Ok(Some(p)), Some(fab)) => {
+                fab.refuse(p.inode);
+                (None, Reason::PeerOtherUid)
+            }
             (Ok(None), _) => (None, Reason::RemoteDestination),
             (_, None) => (None, Reason::RegistryUnavailable),
             (Err(_), _) => (None, Reason::PeerNotShim),

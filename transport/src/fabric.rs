@@ -209,6 +209,9 @@ pub trait Fabric: Send + Sync {
     fn offer(&self, sock_inode: u64) -> io::Result<Box<dyn Offer>>;
     /// At accept: claim the offer of the client socket `peer_inode`, if there is one.
     fn claim(&self, peer_inode: u64) -> Result<Arc<dyn Stream>, Reason>;
+    /// At accept, when policy keeps the connection on TCP: tell the client at once
+    /// (best effort), rather than let it wait for its claim deadline.
+    fn refuse(&self, peer_inode: u64);
 }
 
 #[cfg(test)]

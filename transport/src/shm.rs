@@ -612,6 +612,28 @@ impl Fabric for Shm {
         self.reg.remove_offer(peer_inode);
         result
     }
+
+    fn refuse(&self, peer_inode: u64) {
+        let Some(rec) = self.reg.find_offer(peer_inode) else { return };
+        if let Ok(seg) = sys::open(&proc_fd(rec.pid, rec.seg_fd), libc::O_RDWR, 0) {
+            let st = sys::fstat(seg.as_raw_fd());
+            let len = layout::segment_len(rec.ring_size);
+            if st.is_ok_and(|st| st.st_ino == rec.seg_ino && st.st_size as u64 == len) {
+                if let Ok(map) = Mapping::shared(seg.as_raw_fd(), len as usize) {
+                    // SAFETY: a checked segment, at least a header long.
+                    let hdr = unsafe { &*(map.as_ptr() as *const SegHeader) };
+                    let ours = hdr.nonce == rec.nonce
+                        && hdr.state.compare_exchange(state::OFFERED, state::REFUSED, Ordering::AcqRel, Ordering::Acquire).is_ok();
+                    if ours {
+                        if let Ok(f) = sys::open(&proc_fd(rec.pid, rec.client_bell_fd), libc::O_WRONLY | libc::O_NONBLOCK, 0) {
+                            let _ = sys::write(f.as_raw_fd(), &[1]);
+                        }
+                    }
+                }
+            }
+        }
+        self.reg.remove_offer(peer_inode);
+    }
 }
 
 /// Open and check everything an offer names, then claim it.
