@@ -168,13 +168,12 @@ impl EpollSet {
                     continue;
                 }
                 Err(Undecided::Connecting) => {
-                    // The kernel is still connecting: ask it, and look again soon.
-                    let s = &g.shadow[i];
-                    let mut p = [libc::pollfd { fd, events: (s.events & 0xffff) as i16, revents: 0 }];
-                    if matches!(sys::poll(&mut p, 0), Ok(1)) && out.ready.len() < max {
-                        out.ready.push(epoll_event { events: p[0].revents as u32, u64: s.data });
-                    }
-                    let soon = sys::now_ns() + 1_000_000;
+                    // The kernel is still connecting. Nothing is reported until it is
+                    // done *and* the fabric decision is made (writable means the path
+                    // is known); look again soon, or at once if the kernel finished.
+                    let mut p = [libc::pollfd { fd, events: libc::POLLOUT, revents: 0 }];
+                    let done = matches!(sys::poll(&mut p, 0), Ok(1));
+                    let soon = sys::now_ns() + if done { 0 } else { 1_000_000 };
                     out.wake_by_ns = Some(out.wake_by_ns.map_or(soon, |w| w.min(soon)));
                     continue;
                 }

@@ -112,6 +112,8 @@ fn managed(fd: c_int, flags: c_int) -> Result<Option<(Arc<Conn>, Arc<dyn Stream>
 pub(crate) enum PollTarget {
     Fabric(Arc<dyn Stream>),
     Kernel,
+    /// The kernel is still connecting: report nothing until connected and decided.
+    Connecting,
     /// An unanswered offer: nothing to report until its doorbell rings or the deadline.
     Offered { bell: c_int, deadline_ns: u64 },
 }
@@ -120,7 +122,8 @@ pub(crate) fn poll_target(fd: c_int) -> PollTarget {
     let Some(c) = conn_of(fd) else { return PollTarget::Kernel };
     match c.stream(fd, false) {
         Ok(Some(s)) => PollTarget::Fabric(s),
-        Ok(None) | Err(Undecided::Connecting) => PollTarget::Kernel,
+        Ok(None) => PollTarget::Kernel,
+        Err(Undecided::Connecting) => PollTarget::Connecting,
         Err(Undecided::Offered) => match c.pending_bell() {
             Some((bell, deadline_ns)) => PollTarget::Offered { bell, deadline_ns },
             None => PollTarget::Kernel,

@@ -31,11 +31,17 @@ fn poll_fabric(fds: &mut [pollfd], timeout: Option<Duration>, sigmask: Option<&s
         let mut fabric: Vec<(usize, Arc<dyn Stream>)> = Vec::new();
         let mut kernel: Vec<usize> = Vec::new();
         let mut offered: Vec<(c_int, u64)> = Vec::new();
-        for (i, p) in fds.iter().enumerate() {
-            match if p.fd >= 0 && DATA.get(p.fd) { poll_target(p.fd) } else { PollTarget::Kernel } {
+        let mut connecting: Vec<c_int> = Vec::new();
+        for i in 0..fds.len() {
+            let fd = fds[i].fd;
+            match if fd >= 0 && DATA.get(fd) { poll_target(fd) } else { PollTarget::Kernel } {
                 PollTarget::Fabric(s) => fabric.push((i, s)),
                 PollTarget::Kernel => kernel.push(i),
                 PollTarget::Offered { bell, deadline_ns } => offered.push((bell, deadline_ns)),
+                PollTarget::Connecting => {
+                    fds[i].revents = 0;
+                    connecting.push(fd);
+                }
             }
         }
         let mut n = 0;
@@ -65,6 +71,11 @@ fn poll_fabric(fds: &mut [pollfd], timeout: Option<Duration>, sigmask: Option<&s
         let remaining = wake_at.map(|d| Duration::from_nanos(d.saturating_sub(now)));
         for &(bell, _) in &offered {
             kfds.push(pollfd { fd: bell, events: libc::POLLIN, revents: 0 });
+        }
+        // A connecting socket wakes us when the kernel is done; it is then classified
+        // again (offered, fabric or TCP) before anything is reported for it.
+        for &fd in &connecting {
+            kfds.push(pollfd { fd, events: libc::POLLOUT, revents: 0 });
         }
         let items: Vec<PollItem<'_>> = fabric
             .iter()
