@@ -815,8 +815,14 @@ pub unsafe fn shutdown(fd: c_int, how: c_int) -> c_int {
             libc::SHUT_RDWR => Shutdown::Both,
             _ => return Err(libc::EINVAL),
         };
-        match managed(fd, 0)? {
-            Some((_, s)) => {
+        // A half-close cannot wait for "later": decide a pending client now (bounded by
+        // its claim deadline), whatever the socket's blocking mode.
+        let stream = match conn_of(fd).map(|c| c.stream(fd, true)) {
+            Some(Ok(Some(s))) => Some(s),
+            _ => None,
+        };
+        match stream {
+            Some(s) => {
                 s.shutdown(how_);
                 Ok(0)
             }
@@ -863,6 +869,10 @@ fn abort_if_lingering(fd: c_int, c: &Arc<Conn>) {
 }
 
 pub unsafe fn close_range(first: c_uint, last: c_uint, flags: c_int) -> c_int {
+    if first > last {
+        set_errno(libc::EINVAL); // as Linux
+        return -1;
+    }
     if flags & (libc::CLOSE_RANGE_CLOEXEC as c_int) != 0 || reentered() {
         return (real().close_range)(first, last, flags);
     }

@@ -37,7 +37,10 @@ fn poll_fabric(fds: &mut [pollfd], timeout: Option<Duration>, sigmask: Option<&s
             match if fd >= 0 && DATA.get(fd) { poll_target(fd) } else { PollTarget::Kernel } {
                 PollTarget::Fabric(s) => fabric.push((i, s)),
                 PollTarget::Kernel => kernel.push(i),
-                PollTarget::Offered { bell, deadline_ns } => offered.push((bell, deadline_ns)),
+                PollTarget::Offered { bell, deadline_ns } => {
+                    fds[i].revents = 0;
+                    offered.push((bell, deadline_ns));
+                }
                 PollTarget::Connecting => {
                     fds[i].revents = 0;
                     connecting.push(fd);

@@ -26,13 +26,8 @@ pub fn wait_stream(s: &dyn Stream, interest: u32, timeout: Option<Duration>, pol
         return WaitEnd::Ready;
     }
     let approach = s.approach(policy);
-    if approach != Approach::Block {
-        s.set_spinning(true);
-        let ok = spin_until(&approach, policy.budget, || ready(s, interest));
-        s.set_spinning(false);
-        if ok {
-            return WaitEnd::Ready;
-        }
+    if approach != Approach::Block && spin_until(&approach, policy.budget, || ready(s, interest)) {
+        return WaitEnd::Ready;
     }
     let deadline = timeout.map(|t| sys::now_ns() + t.as_nanos() as u64);
     loop {

@@ -52,7 +52,6 @@ impl Caps {
 #[repr(u8)]
 pub enum Reason {
     None = 0,
-    Disabled,
     ForcedTcp,
     RemoteDestination,
     NoShimListener,
@@ -66,14 +65,12 @@ pub enum Reason {
     OfferFailed,
     ClaimFailed,
     ConnectFailed,
-    AddressMismatch,
 }
 
 impl Reason {
     pub fn as_str(&self) -> &'static str {
         match self {
             Reason::None => "",
-            Reason::Disabled => "disabled",
             Reason::ForcedTcp => "forced-tcp",
             Reason::RemoteDestination => "remote-destination",
             Reason::NoShimListener => "no-shim-listener",
@@ -87,15 +84,14 @@ impl Reason {
             Reason::OfferFailed => "offer-failed",
             Reason::ClaimFailed => "claim-failed",
             Reason::ConnectFailed => "connect-failed",
-            Reason::AddressMismatch => "address-mismatch",
         }
     }
 
     pub fn from_u8(v: u8) -> Reason {
         use Reason::*;
-        const ALL: [Reason; 16] = [None, Disabled, ForcedTcp, RemoteDestination, NoShimListener, PeerNotShim,
+        const ALL: [Reason; 14] = [None, ForcedTcp, RemoteDestination, NoShimListener, PeerNotShim,
             PeerOtherUid, ClaimTimeout, Refused, ListenerUnknown, FdLimit, RegistryUnavailable, OfferFailed,
-            ClaimFailed, ConnectFailed, AddressMismatch];
+            ClaimFailed, ConnectFailed];
         ALL.get(v as usize).copied().unwrap_or(None)
     }
 }
@@ -174,7 +170,6 @@ pub trait Stream: Send + Sync {
     fn ring_gone(&self);
     /// How to wait now, by where the peer runs (also publishes where we run).
     fn approach(&self, policy: &SpinPolicy) -> Approach;
-    fn set_spinning(&self, on: bool);
     /// In a forked child: forget the parent's waiters.
     fn after_fork_child(&self) {
         self.local_bell().reset_after_fork();
@@ -220,7 +215,7 @@ mod tests {
 
     #[test]
     fn reasons_round_trip() {
-        for v in 0..16u8 {
+        for v in 0..14u8 {
             assert_eq!(Reason::from_u8(v) as u8, v);
         }
         assert_eq!(Reason::from_u8(200), Reason::None);

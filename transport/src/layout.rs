@@ -37,8 +37,6 @@ pub mod wait {
     pub const DATA: u32 = 1;
     /// Waiting for its transmit ring to gain space.
     pub const SPACE: u32 = 2;
-    /// Waiting for the rendezvous decision (client only).
-    pub const CLAIM: u32 = 4;
 }
 
 /// Bits of [`ProducerLine::flags`].
@@ -62,11 +60,10 @@ pub struct SideCtl {
     /// between publishing an index and reading this word (Dekker: one of the two sees
     /// the other's write, so no wake-up is lost).
     pub wait: AtomicU32,
-    /// The CPU the owning side last ran on (Relaxed: a hint for the spin decision only).
+    /// The CPU the owning side last ran on, u32::MAX before it first waited (Relaxed: a
+    /// hint for the spin decision only).
     pub cpu: AtomicU32,
-    /// Non-zero while the owning side is busy-waiting or yielding for this connection
-    /// (Relaxed: a hint only).
-    pub spinning: AtomicU32,
+    pub _reserved: u32,
     /// `side::*` bits, set by the owning side (Release) before it closes; read by the
     /// peer (Acquire) once it has seen the doorbell hang up.
     pub flags: AtomicU32,
@@ -76,6 +73,10 @@ pub struct SideCtl {
 pub mod side {
     /// The side closed abortively (SO_LINGER {1, 0}): the peer sees a reset.
     pub const ABORT: u32 = 1;
+    /// The side closed with bytes of the peer's still unread: a reset (as Linux).
+    pub const CLOSED_UNREAD: u32 = 2;
+    /// The side closed having read everything: an orderly end (FIN).
+    pub const CLOSED: u32 = 4;
 }
 
 /// The producer's line of one direction.

@@ -173,6 +173,13 @@ impl Registry {
     pub fn sweep(&self) -> usize {
         let mut n = 0;
         for name in self.names() {
+            // A temporary is briefly unlocked between its creation and its lock: only
+            // its writer's death makes it garbage.
+            if let Some(pid) = name.strip_prefix(".t-").and_then(|r| r.split('-').next()).and_then(|p| p.parse::<i32>().ok()) {
+                if sys::process_exists(pid) {
+                    continue;
+                }
+            }
             let path = format!("{}/{}", self.dir, name);
             if let Ok(fd) = sys::open(&path, libc::O_RDONLY, 0) {
                 if self.reap_if_dead(&path, &fd) {

@@ -374,12 +374,19 @@ impl Stream for ShmStream {
         if self.flags.fetch_or(local::PEER_GONE, Ordering::AcqRel) & local::PEER_GONE != 0 {
             return;
         }
-        // Did the peer leave bytes of ours unread, or close abortively? Then it is a
+        // Did the peer close with bytes of ours unread, or abortively? Then it is a
         // reset, as Linux sends RST when a socket is closed with data in its receive
-        // queue or with SO_LINGER {1, 0}.
-        let unread = self.tx.lock().unconsumed().unwrap_or(1);
-        let aborted = self.peer().flags.load(Ordering::Acquire) & layout::side::ABORT != 0;
-        let bit = if unread > 0 || aborted { local::ERR_RESET } else { local::FIN };
+        // queue or with SO_LINGER {1, 0}; otherwise a FIN. The peer records which when it
+        // closes; a peer that died without closing is judged by what it left unread.
+        let pf = self.peer().flags.load(Ordering::Acquire);
+        let reset = if pf & (layout::side::ABORT | layout::side::CLOSED_UNREAD) != 0 {
+            true
+        } else if pf & layout::side::CLOSED != 0 {
+            false
+        } else {
+            self.tx.lock().unconsumed().unwrap_or(1) > 0
+        };
+        let bit = if reset { local::ERR_RESET } else { local::FIN };
         self.flags.fetch_or(bit, Ordering::AcqRel);
     }
 
@@ -389,10 +396,6 @@ impl Stream for ShmStream {
         let p = self.peer();
         let parked = p.wait.load(Ordering::Relaxed) != 0;
         policy.approach(parked, p.cpu.load(Ordering::Relaxed), my)
-    }
-
-    fn set_spinning(&self, on: bool) {
-        self.me().spinning.store(on as u32, Ordering::Relaxed);
     }
 
     fn shutdown(&self, how: Shutdown) {
@@ -411,6 +414,21 @@ impl Stream for ShmStream {
 
     fn abort(&self) {
         self.me().flags.fetch_or(layout::side::ABORT, Ordering::Release);
+    }
+}
+
+impl Drop for ShmStream {
+    /// This process lets go of the connection: record how it ended (the last process to
+    /// close decides, as the last close of a socket does).
+    fn drop(&mut self) {
+        let unread = !matches!(self.rx.get_mut().available(), Ok(0));
+        let f = &self.me().flags;
+        if unread {
+            f.fetch_or(layout::side::CLOSED_UNREAD, Ordering::Release);
+        } else {
+            f.fetch_and(!layout::side::CLOSED_UNREAD, Ordering::Relaxed);
+            f.fetch_or(layout::side::CLOSED, Ordering::Release);
+        }
     }
 }
 
@@ -577,6 +595,8 @@ impl Fabric for Shm {
             std::ptr::addr_of_mut!((*h).nonce).write(nonce);
             std::ptr::addr_of_mut!((*h).ring_size).write(self.ring);
             (*h).client_pid.store(sys::getpid(), Ordering::Relaxed);
+            (*h).sides[CLIENT].cpu.store(u32::MAX, Ordering::Relaxed);
+            (*h).sides[SERVER].cpu.store(u32::MAX, Ordering::Relaxed);
             (*h).state.store(state::OFFERED, Ordering::Release);
         }
         let (c_r, c_w) = sys::doorbell_pipe()?;
@@ -618,7 +638,9 @@ impl Fabric for Shm {
         if let Ok(seg) = sys::open(&proc_fd(rec.pid, rec.seg_fd), libc::O_RDWR, 0) {
             let st = sys::fstat(seg.as_raw_fd());
             let len = layout::segment_len(rec.ring_size);
-            if st.is_ok_and(|st| st.st_ino == rec.seg_ino && st.st_size as u64 == len) {
+            let seals = sys::fcntl(seg.as_raw_fd(), libc::F_GET_SEALS, 0).unwrap_or(0);
+            let sealed = seals & libc::F_SEAL_SHRINK != 0 && seals & libc::F_SEAL_GROW != 0;
+            if sealed && st.is_ok_and(|st| st.st_ino == rec.seg_ino && st.st_size as u64 == len) {
                 if let Ok(map) = Mapping::shared(seg.as_raw_fd(), len as usize) {
                     // SAFETY: a checked segment, at least a header long.
                     let hdr = unsafe { &*(map.as_ptr() as *const SegHeader) };

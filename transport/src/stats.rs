@@ -119,11 +119,10 @@ impl Table {
         drop(old);
     }
 
-    /// Remove the table (at exit).
+    /// Remove the table's record (at exit). The mapping stays: other threads may still
+    /// be counting until the process is gone.
     pub fn remove(&self) {
-        self.base.store(std::ptr::null_mut(), Ordering::Release);
         let mut own = self.own.lock();
-        own.1 = None;
         if let Some(h) = own.0.take() {
             h.remove();
         }

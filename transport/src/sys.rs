@@ -314,6 +314,13 @@ pub fn eventfd() -> io::Result<Fd> {
     cvt(unsafe { libc::eventfd(0, libc::EFD_CLOEXEC) }).map(owned)
 }
 
+/// Does a process with this pid exist (whoever owns it)?
+pub fn process_exists(pid: i32) -> bool {
+    // SAFETY: signal 0 only checks for existence and permission.
+    let r = unsafe { libc::kill(pid, 0) };
+    r == 0 || io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
+}
+
 pub fn getpid() -> u32 {
     // SAFETY: always succeeds.
     unsafe { libc::getpid() as u32 }
