@@ -26,6 +26,7 @@ use crate::sock::{Conn, Entry, Undecided};
 use crate::table::{self, DATA, TRACKED};
 use libc::{c_int, epoll_event, sigset_t, timespec};
 use parking_lot::Mutex;
+use rdmasock_transport::conn::spin_set;
 use rdmasock_transport::fabric::Stream;
 use rdmasock_transport::layout::wait;
 use rdmasock_transport::sys;
@@ -382,7 +383,16 @@ unsafe fn wait_common(
             if n > 0 || deadline.is_some_and(|d| now >= d) {
                 return Ok(n as c_int);
             }
-            // Nothing: announce interest, look once more, then block.
+            // Nothing: spin a little if a peer is running, then announce interest, look
+            // once more, and block.
+            let spinners: Vec<(&dyn Stream, u32)> = scan.arm.iter().map(|(s, i)| (&**s, *i)).collect();
+            let kernel_ready = || {
+                let mut p = [libc::pollfd { fd: epfd, events: libc::POLLIN, revents: 0 }];
+                matches!(sys::poll(&mut p, 0), Ok(1))
+            };
+            if timeout != Some(Duration::ZERO) && spin_set(&spinners, crate::state::policy(), kernel_ready) {
+                continue;
+            }
             for (s, i) in &scan.arm {
                 s.local_bell().arm(*i, |b| s.arm(b));
             }

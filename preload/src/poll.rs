@@ -12,7 +12,7 @@ use crate::hooks::real;
 use crate::imp::{boundary, poll_target, reentered, set_errno, PollTarget};
 use crate::table::DATA;
 use libc::{c_int, fd_set, nfds_t, pollfd, sigset_t, size_t, timespec, timeval};
-use rdmasock_transport::conn::{poll_step, PollItem};
+use rdmasock_transport::conn::{poll_step, spin_set, PollItem};
 use rdmasock_transport::fabric::Stream;
 use rdmasock_transport::layout::wait;
 use rdmasock_transport::sys;
@@ -94,6 +94,11 @@ fn poll_fabric(fds: &mut [pollfd], timeout: Option<Duration>, sigmask: Option<&s
                 PollItem { stream: &**s, interest, events: ev }
             })
             .collect();
+        let spinners: Vec<(&dyn Stream, u32)> = items.iter().map(|it| (it.stream, it.interest)).collect();
+        let kernel_ready = || !kfds.is_empty() && matches!(sys::poll(&mut kfds.clone(), 0), Ok(n) if n > 0);
+        if spin_set(&spinners, crate::state::policy(), kernel_ready) {
+            continue;
+        }
         poll_step(&items, &mut kfds, remaining, sigmask).map_err(|e| e.raw_os_error().unwrap_or(libc::EINVAL))?;
     }
 }

@@ -16,6 +16,21 @@ pub enum WaitEnd {
     Interrupted,
 }
 
+/// Before blocking on a set of streams (poll, epoll): busy-wait or yield, bounded by
+/// the policy's budget, if any stream's peer is running (on another CPU: spin; on ours:
+/// yield). `also` is checked every 64 rounds (the kernel side of the set: a system
+/// call). Returns true when something became ready.
+pub fn spin_set(streams: &[(&dyn Stream, u32)], policy: &SpinPolicy, mut also: impl FnMut() -> bool) -> bool {
+    let Some(approach) = streams.iter().map(|(s, _)| s.approach(policy)).find(|a| *a != Approach::Block) else {
+        return false;
+    };
+    let mut round = 0u32;
+    spin_until(&approach, policy.budget, || {
+        round = round.wrapping_add(1);
+        streams.iter().any(|(s, i)| ready(*s, *i)) || (round % 64 == 0 && also())
+    })
+}
+
 fn ready(s: &dyn Stream, interest: u32) -> bool {
     (interest & wait::DATA != 0 && s.has_data()) || (interest & wait::SPACE != 0 && s.has_space())
 }
