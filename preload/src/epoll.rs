@@ -368,17 +368,14 @@ unsafe fn wait_common(
     boundary(-1, || {
         let deadline = timeout.map(|t| sys::now_ns() + t.as_nanos() as u64);
         loop {
-            let scan = set.scan(epfd, buf.len());
-            let mut n = scan.ready.len();
-            buf[..n].copy_from_slice(&scan.ready);
-            // Whatever the kernel set has now, in the room left.
-            if n < buf.len() {
-                let k = (real().epoll_wait)(epfd, buf[n..].as_mut_ptr(), (buf.len() - n) as c_int, 0);
-                if k > 0 {
-                    let kept = filter_private(&set, &mut buf[n..], k as usize);
-                    n += kept;
-                }
-            }
+            // The kernel set first (its private events tell of peers that closed), then
+            // the shadow list, in the room left.
+            let k = (real().epoll_wait)(epfd, buf.as_mut_ptr(), buf.len() as c_int, 0);
+            let kept = if k > 0 { filter_private(&set, buf, k as usize) } else { 0 };
+            let scan = set.scan(epfd, buf.len() - kept);
+            let mut n = kept;
+            buf[n..n + scan.ready.len()].copy_from_slice(&scan.ready);
+            n += scan.ready.len();
             let now = sys::now_ns();
             if n > 0 || deadline.is_some_and(|d| now >= d) {
                 return Ok(n as c_int);

@@ -207,6 +207,18 @@ fn fabric_recv(fd: c_int, c: &Conn, s: &dyn Stream, mut bufs: &mut [IoSliceMut<'
     let waitall = flags & libc::MSG_WAITALL != 0 && !peek;
     let mut got = 0usize;
     let mut limit = Limit::default();
+    if peek && flags & libc::MSG_WAITALL != 0 {
+        // As Linux: a peek with MSG_WAITALL waits until the whole length is there (or
+        // the stream ends, fails, or the wait is cut short), then peeks.
+        let enough = |s: &dyn Stream| s.rx_pending() >= want || s.poll_events() & (libc::POLLRDHUP | libc::POLLHUP | libc::POLLERR) != 0;
+        if !enough(s) && flags & libc::MSG_DONTWAIT == 0 && !sys::is_nonblocking(fd).unwrap_or(false) {
+            let timeout = limit.remaining(fd, libc::SO_RCVTIMEO)?;
+            match rdmasock_transport::conn::wait_until(s, wait::DATA, timeout, state::policy(), enough) {
+                WaitEnd::Ready | WaitEnd::TimedOut => {}
+                WaitEnd::Interrupted => return Err(libc::EINTR),
+            }
+        }
+    }
     loop {
         match s.dequeue(bufs, peek) {
             Ok(0) => return Ok(got),
@@ -504,6 +516,16 @@ fn fabric_send_from(fd: c_int, c: &Conn, s: &dyn Stream, count: usize, flags: c_
 
 unsafe fn sendfile_any(out_fd: c_int, in_fd: c_int, offset: Option<*mut i64>, count: size_t) -> Result<ssize_t, i32> {
     let Some((c, s)) = managed(out_fd, 0)? else { return Err(-1) };
+    // As Linux: the source must be open for reading (EBADF) and a file that can be read
+    // page by page, not a directory, socket or pipe (EINVAL).
+    let fl = sys::fcntl(in_fd, libc::F_GETFL, 0).map_err(|e| e.raw_os_error().unwrap_or(libc::EBADF))?;
+    if fl & libc::O_ACCMODE == libc::O_WRONLY {
+        return Err(libc::EBADF);
+    }
+    let st = sys::fstat(in_fd).map_err(|e| e.raw_os_error().unwrap_or(libc::EBADF))?;
+    if !matches!(st.st_mode & libc::S_IFMT, libc::S_IFREG | libc::S_IFBLK) {
+        return Err(libc::EINVAL);
+    }
     let mut off = offset.map(|p| *p);
     let mut src = |p: *mut u8, len: usize| -> std::io::Result<usize> {
         let n = match off {
@@ -564,6 +586,15 @@ pub unsafe fn splice(fd_in: c_int, off_in: *mut loff_t, fd_out: c_int, off_out: 
     // As Linux: SPLICE_F_NONBLOCK makes the splice itself non-blocking.
     let dontwait = if flags & libc::SPLICE_F_NONBLOCK != 0 { libc::MSG_DONTWAIT } else { 0 };
     boundary(-1, || {
+        // As Linux: one end must be a pipe, and a pipe end takes no offset.
+        let is_pipe = |fd| sys::fstat(fd).is_ok_and(|st| st.st_mode & libc::S_IFMT == libc::S_IFIFO);
+        let other = if DATA.get(fd_out) { (fd_in, off_in) } else { (fd_out, off_out) };
+        if !is_pipe(other.0) {
+            return Err(if sys::fstat(other.0).is_err() { libc::EBADF } else { libc::EINVAL });
+        }
+        if !other.1.is_null() {
+            return Err(libc::ESPIPE);
+        }
         if let Some((c, s)) = managed(fd_out, dontwait)? {
             // pipe -> socket
             let mut src = |p: *mut u8, n: usize| sys::read_raw(fd_in, p, n);
@@ -979,8 +1010,12 @@ pub unsafe fn getsockopt(fd: c_int, level: c_int, name: c_int, val: *mut c_void,
     // a reset the fabric saw: as Linux, SO_ERROR reports it once.
     if level == libc::SOL_SOCKET && name == libc::SO_ERROR && DATA.get(fd) && !val.is_null() && !len.is_null() && !reentered() {
         if let Ok(Some((_, s))) = managed(fd, libc::MSG_DONTWAIT) {
-            if (*len as usize) >= std::mem::size_of::<c_int>() && s.take_error() {
-                *(val as *mut c_int) = libc::ECONNRESET;
+            if (*len as usize) >= std::mem::size_of::<c_int>() {
+                s.probe();
+                // The kernel socket's own errors are artefacts of the teardown of a
+                // connection whose bytes never went through it: consume and drop them.
+                let _ = sys::getsockopt::<c_int>(fd, libc::SOL_SOCKET, libc::SO_ERROR);
+                *(val as *mut c_int) = if s.take_error() { libc::ECONNRESET } else { 0 };
                 *len = std::mem::size_of::<c_int>() as socklen_t;
                 return 0;
             }

@@ -47,6 +47,18 @@ fn poll_fabric(fds: &mut [pollfd], timeout: Option<Duration>, sigmask: Option<&s
                 }
             }
         }
+        // One zero-timeout poll over the kernel fds and the fabric fds' doorbells: the
+        // peer of a fabric fd may have closed behind data we have not read yet, and its
+        // doorbell's hang-up tells.
+        let mut kfds: Vec<pollfd> = kernel.iter().map(|&i| pollfd { revents: 0, ..fds[i] }).collect();
+        kfds.extend(fabric.iter().map(|(_, s)| pollfd { fd: s.doorbell(), events: 0, revents: 0 }));
+        sys::poll(&mut kfds, 0).map_err(|e| e.raw_os_error().unwrap_or(libc::EINVAL))?;
+        for ((_, s), b) in fabric.iter().zip(&kfds[kernel.len()..]) {
+            if b.revents & (libc::POLLHUP | libc::POLLERR) != 0 {
+                s.ring_gone();
+            }
+        }
+        kfds.truncate(kernel.len());
         let mut n = 0;
         for (i, s) in &fabric {
             let want = fds[*i].events | libc::POLLERR | libc::POLLHUP;
@@ -54,10 +66,6 @@ fn poll_fabric(fds: &mut [pollfd], timeout: Option<Duration>, sigmask: Option<&s
             if fds[*i].revents != 0 {
                 n += 1;
             }
-        }
-        let mut kfds: Vec<pollfd> = kernel.iter().map(|&i| pollfd { revents: 0, ..fds[i] }).collect();
-        if !kfds.is_empty() {
-            sys::poll(&mut kfds, 0).map_err(|e| e.raw_os_error().unwrap_or(libc::EINVAL))?;
         }
         for (k, &i) in kfds.iter().zip(&kernel) {
             fds[i].revents = k.revents;

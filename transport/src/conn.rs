@@ -37,6 +37,14 @@ fn ready(s: &dyn Stream, interest: u32) -> bool {
 
 /// Wait until `s` can make progress for `interest` (`wait::DATA` or `wait::SPACE`).
 pub fn wait_stream(s: &dyn Stream, interest: u32, timeout: Option<Duration>, policy: &SpinPolicy) -> WaitEnd {
+    wait_until(s, interest, timeout, policy, |s| ready(s, interest))
+}
+
+/// Wait until `done(s)`, announcing `interest` to the peer while blocked: the peer
+/// rings for any progress of that kind, so `done` may be any condition that only such
+/// progress can make true (more bytes than N, say).
+pub fn wait_until(s: &dyn Stream, interest: u32, timeout: Option<Duration>, policy: &SpinPolicy, done: impl Fn(&dyn Stream) -> bool) -> WaitEnd {
+    let ready = |s: &dyn Stream, _: u32| done(s);
     if ready(s, interest) {
         return WaitEnd::Ready;
     }

@@ -168,6 +168,8 @@ pub trait Stream: Send + Sync {
     fn wake_local(&self);
     /// The doorbell hung up: the peer has closed or died.
     fn ring_gone(&self);
+    /// Look (one system call) whether the peer has gone, without waiting.
+    fn probe(&self);
     /// How to wait now, by where the peer runs (also publishes where we run).
     fn approach(&self, policy: &SpinPolicy) -> Approach;
     /// In a forked child: forget the parent's waiters.

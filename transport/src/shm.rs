@@ -390,6 +390,10 @@ impl Stream for ShmStream {
         self.flags.fetch_or(bit, Ordering::AcqRel);
     }
 
+    fn probe(&self) {
+        self.probe_gone();
+    }
+
     fn approach(&self, policy: &SpinPolicy) -> Approach {
         let my = sys::current_cpu();
         self.me().cpu.store(my, Ordering::Relaxed);
