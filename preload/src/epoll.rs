@@ -16,7 +16,10 @@
 //! list until decided; if it ends on TCP it moves into the kernel set with its events
 //! and data. A socket registered before it became a fabric connection (added, then
 //! connected) is moved out of the kernel set the first time the set is waited on after.
-//! (Nested epoll sets whose inner set holds fabric fds are not covered yet.)
+//! An epoll set may itself be watched, by another epoll set or by poll/select: an inner
+//! set with fabric entries is reported readable when one of them is ready, and while the
+//! outer waiter blocks, the inner entries are announced so that their doorbells (in the
+//! inner kernel set, hence making it readable) wake the outer one.
 #![allow(unsafe_code)]
 #![allow(clippy::missing_safety_doc)]
 
@@ -48,8 +51,9 @@ const IN_BITS: u32 = (libc::EPOLLIN | libc::EPOLLRDNORM | libc::EPOLLRDHUP | lib
 const OUT_BITS: u32 = (libc::EPOLLOUT | libc::EPOLLWRNORM) as u32;
 const ALWAYS: u32 = (libc::EPOLLERR | libc::EPOLLHUP) as u32;
 
-#[derive(Default)]
 pub struct EpollSet {
+    /// The kernel epoll fd this set was created as (its private registrations go there).
+    epfd: c_int,
     inner: Mutex<Inner>,
     /// The shadow list is not empty (lets the plain case skip everything).
     has_shadow: AtomicBool,
@@ -63,6 +67,8 @@ struct Inner {
     kernel: HashMap<c_int, (u32, u64)>,
     /// Doorbells registered in the kernel set, and whose they are.
     bells: HashMap<c_int, Weak<dyn Stream>>,
+    /// Epoll sets registered in this one (also in the kernel set): (fd, set, events, data).
+    nested: Vec<(c_int, Weak<EpollSet>, u32, u64)>,
     rotor: usize,
 }
 
@@ -80,6 +86,10 @@ struct Shadow {
 /// What one pass over the shadow list found.
 struct Scan {
     ready: Vec<epoll_event>,
+    /// Inner epoll sets to announce interest in before blocking.
+    nested: Vec<Arc<EpollSet>>,
+    /// Inner epoll sets ready on their fabric side.
+    nested_ready: Vec<epoll_event>,
     /// Streams to announce interest in before blocking, with the interest.
     arm: Vec<(Arc<dyn Stream>, u32)>,
     /// Wake up by then at the latest (an undecided connection).
@@ -141,10 +151,52 @@ impl EpollSet {
         }
     }
 
+    /// Would a wait on this set report something now (fabric entries only; the kernel
+    /// side answers for itself)? Changes nothing.
+    pub fn peek_ready(&self) -> bool {
+        let g = self.inner.lock();
+        g.shadow.iter().any(|s| {
+            let Some(c) = s.conn.upgrade() else { return false };
+            let Some(Some(stream)) = c.decided.get() else { return false };
+            if s.fired {
+                return false;
+            }
+            let mask = stream.poll_events() as u16 as u32 & (s.events | ALWAYS);
+            mask != 0 && (s.events & libc::EPOLLET as u32 == 0 || edge(s, stream, mask))
+        })
+    }
+
+    /// Announce interest in every fabric entry (an outer waiter is about to block);
+    /// returns what to withdraw afterwards with [`disarm_all`].
+    pub fn arm_all(&self) -> Vec<(Arc<dyn Stream>, u32)> {
+        let mut g = self.inner.lock();
+        let mut armed = Vec::new();
+        let streams: Vec<(Arc<dyn Stream>, u32)> = g
+            .shadow
+            .iter()
+            .filter_map(|s| match s.conn.upgrade()?.decided.get() {
+                Some(Some(stream)) => Some((stream.clone(), s.events)),
+                _ => None,
+            })
+            .collect();
+        for (stream, events) in streams {
+            // Its doorbell must be in our kernel set, so that a ring makes us readable.
+            self.ensure_bell(&mut g, self.epfd, &stream);
+            let interest = interest_of(events);
+            stream.local_bell().arm(interest, |b| stream.arm(b));
+            armed.push((stream.clone(), interest));
+        }
+        armed
+    }
+
+    pub fn has_fabric(&self) -> bool {
+        self.has_shadow.load(Ordering::Acquire)
+    }
+
     /// One pass: settle undecided entries, report ready ones (up to `max`).
     fn scan(&self, epfd: c_int, max: usize) -> Scan {
         let mut g = self.inner.lock();
-        let mut out = Scan { ready: Vec::new(), arm: Vec::new(), wake_by_ns: None };
+        let mut out = Scan { ready: Vec::new(), nested: Vec::new(), nested_ready: Vec::new(), arm: Vec::new(), wake_by_ns: None };
         let n = g.shadow.len();
         let start = if n == 0 { 0 } else { g.rotor % n };
         let mut gone = Vec::new();
@@ -194,18 +246,12 @@ impl EpollSet {
             let mask = stream.poll_events() as u16 as u32 & (s.events | ALWAYS);
             let report = mask != 0 && out.ready.len() < max && {
                 if s.events & libc::EPOLLET as u32 != 0 {
-                    let (pin, pout) = stream.progress();
-                    let edge = match s.last {
-                        None => true,
-                        Some((lin, lout, lmask)) => {
-                            (mask & (IN_BITS | ALWAYS) != 0 && (pin != lin || mask & !lmask & (IN_BITS | ALWAYS) != 0))
-                                || (mask & OUT_BITS != 0 && (pout != lout || mask & !lmask & OUT_BITS != 0))
-                        }
-                    };
-                    if edge {
+                    let e = edge(s, &stream, mask);
+                    if e {
+                        let (pin, pout) = stream.progress();
                         s.last = Some((pin, pout, mask));
                     }
-                    edge
+                    e
                 } else {
                     true
                 }
@@ -216,14 +262,17 @@ impl EpollSet {
                     s.fired = true;
                 }
             } else {
-                let mut interest = 0;
-                if s.events & IN_BITS != 0 {
-                    interest |= wait::DATA;
-                }
-                if s.events & OUT_BITS != 0 {
-                    interest |= wait::SPACE;
-                }
-                out.arm.push((stream, interest));
+                out.arm.push((stream, interest_of(s.events)));
+            }
+        }
+        // Inner epoll sets with fabric entries: readable when one of those is ready.
+        g.nested.retain(|(_, w, _, _)| w.strong_count() > 0);
+        for (_, inner, events, data) in &g.nested {
+            let Some(inner) = inner.upgrade() else { continue };
+            if events & IN_BITS != 0 && inner.has_fabric() && out.ready.len() < max && inner.peek_ready() {
+                out.nested_ready.push(epoll_event { events: libc::EPOLLIN as u32, u64: *data });
+            } else {
+                out.nested.push(inner);
             }
         }
         g.bells.retain(|_, w| w.strong_count() > 0);
@@ -232,7 +281,7 @@ impl EpollSet {
             g.shadow.swap_remove(i);
         }
         g.rotor = g.rotor.wrapping_add(1);
-        self.has_shadow.store(!g.shadow.is_empty(), Ordering::Release);
+        self.has_shadow.store(!g.shadow.is_empty() || !g.nested.is_empty(), Ordering::Release);
         out
     }
 
@@ -259,6 +308,37 @@ impl EpollSet {
     }
 }
 
+fn interest_of(events: u32) -> u32 {
+    let mut interest = 0;
+    if events & IN_BITS != 0 {
+        interest |= wait::DATA;
+    }
+    if events & OUT_BITS != 0 {
+        interest |= wait::SPACE;
+    }
+    interest
+}
+
+/// Edge-triggered: has readiness moved since the last report (new bytes in, space
+/// freed, or new condition bits)?
+fn edge(s: &Shadow, stream: &Arc<dyn Stream>, mask: u32) -> bool {
+    let (pin, pout) = stream.progress();
+    match s.last {
+        None => true,
+        Some((lin, lout, lmask)) => {
+            (mask & (IN_BITS | ALWAYS) != 0 && (pin != lin || mask & !lmask & (IN_BITS | ALWAYS) != 0))
+                || (mask & OUT_BITS != 0 && (pout != lout || mask & !lmask & OUT_BITS != 0))
+        }
+    }
+}
+
+/// Withdraw what [`EpollSet::arm_all`] announced.
+pub fn disarm_all(armed: &[(Arc<dyn Stream>, u32)]) {
+    for (s, i) in armed {
+        s.local_bell().disarm(*i, |b| s.disarm(b));
+    }
+}
+
 /// Watch a doorbell in the kernel set, edge-triggered: a ring wakes the set whoever
 /// reads the byte afterwards.
 fn register_bell_fd(epfd: c_int, bell: c_int) {
@@ -271,7 +351,7 @@ fn register_bell_fd(epfd: c_int, bell: c_int) {
     }
 }
 
-fn set_of(epfd: c_int) -> Option<Arc<EpollSet>> {
+pub fn set_of(epfd: c_int) -> Option<Arc<EpollSet>> {
     if !TRACKED.get(epfd) {
         return None;
     }
@@ -283,7 +363,8 @@ fn set_of(epfd: c_int) -> Option<Arc<EpollSet>> {
 
 fn track_set(r: c_int) -> c_int {
     if r >= 0 && !crate::state::off() && !reentered() {
-        table::insert(r, Entry::Epoll(Arc::new(EpollSet::default())));
+        let set = EpollSet { epfd: r, inner: Mutex::default(), has_shadow: AtomicBool::new(false), seen_gen: AtomicU64::new(0) };
+        table::insert(r, Entry::Epoll(Arc::new(set)));
     }
     r
 }
@@ -313,10 +394,23 @@ pub unsafe fn epoll_ctl(epfd: c_int, op: c_int, fd: c_int, ev: *mut epoll_event)
             _ => None,
         };
         match conn {
-            Some(c) => set.ctl_shadow(op, fd, &c, ev.as_ref()),
+            Some(c) => {
+                let r = set.ctl_shadow(op, fd, &c, ev.as_ref());
+                // poll/select on this epoll fd must now look inside it.
+                DATA.set(epfd, set.has_fabric());
+                r
+            }
             None => {
                 let r = crate::imp::pass_int(pass_through())?;
+                let inner = set_of(fd);
                 let mut g = set.inner.lock();
+                if let Some(inner) = inner {
+                    g.nested.retain(|(n, _, _, _)| *n != fd);
+                    if let (true, Some(e)) = (op != libc::EPOLL_CTL_DEL, ev.as_ref()) {
+                        g.nested.push((fd, Arc::downgrade(&inner), e.events, e.u64));
+                        set.has_shadow.store(true, Ordering::Release);
+                    }
+                }
                 match op {
                     libc::EPOLL_CTL_DEL => {
                         g.kernel.remove(&fd);
@@ -376,6 +470,13 @@ unsafe fn wait_common(
             let mut n = kept;
             buf[n..n + scan.ready.len()].copy_from_slice(&scan.ready);
             n += scan.ready.len();
+            // An inner set the kernel already reported is not reported twice.
+            for e in &scan.nested_ready {
+                if n < buf.len() && !buf[..kept].iter().any(|k| k.u64 == e.u64) {
+                    buf[n] = *e;
+                    n += 1;
+                }
+            }
             let now = sys::now_ns();
             if n > 0 || deadline.is_some_and(|d| now >= d) {
                 return Ok(n as c_int);
@@ -393,9 +494,10 @@ unsafe fn wait_common(
             for (s, i) in &scan.arm {
                 s.local_bell().arm(*i, |b| s.arm(b));
             }
+            let nested_armed: Vec<_> = scan.nested.iter().map(|n| n.arm_all()).collect();
             let ready_now = scan.arm.iter().any(|(s, i)| {
                 (*i & wait::DATA != 0 && s.has_data()) || (*i & wait::SPACE != 0 && s.has_space())
-            });
+            }) || scan.nested.iter().any(|n| n.peek_ready());
             let mut k = 0;
             if !ready_now {
                 let wake_at = scan.wake_by_ns.into_iter().chain(deadline).min();
@@ -412,6 +514,9 @@ unsafe fn wait_common(
             let e = crate::imp::errno_now();
             for (s, i) in &scan.arm {
                 s.local_bell().disarm(*i, |b| s.disarm(b));
+            }
+            for armed in &nested_armed {
+                disarm_all(armed);
             }
             if k < 0 {
                 return Err(e);

@@ -114,11 +114,16 @@ pub(crate) enum PollTarget {
     Kernel,
     /// The kernel is still connecting: report nothing until connected and decided.
     Connecting,
+    /// An epoll set holding fabric entries.
+    Epoll(Arc<crate::epoll::EpollSet>),
     /// An unanswered offer: nothing to report until its doorbell rings or the deadline.
     Offered { bell: c_int, deadline_ns: u64 },
 }
 
 pub(crate) fn poll_target(fd: c_int) -> PollTarget {
+    if let Some(set) = crate::epoll::set_of(fd) {
+        return if set.has_fabric() { PollTarget::Epoll(set) } else { PollTarget::Kernel };
+    }
     let Some(c) = conn_of(fd) else { return PollTarget::Kernel };
     match c.stream(fd, false) {
         Ok(Some(s)) => PollTarget::Fabric(s),

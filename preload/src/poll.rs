@@ -32,6 +32,7 @@ fn poll_fabric(fds: &mut [pollfd], timeout: Option<Duration>, sigmask: Option<&s
         let mut kernel: Vec<usize> = Vec::new();
         let mut offered: Vec<(c_int, u64)> = Vec::new();
         let mut connecting: Vec<c_int> = Vec::new();
+        let mut sets: Vec<(usize, Arc<crate::epoll::EpollSet>)> = Vec::new();
         for i in 0..fds.len() {
             let fd = fds[i].fd;
             match if fd >= 0 && DATA.get(fd) { poll_target(fd) } else { PollTarget::Kernel } {
@@ -44,6 +45,11 @@ fn poll_fabric(fds: &mut [pollfd], timeout: Option<Duration>, sigmask: Option<&s
                 PollTarget::Connecting => {
                     fds[i].revents = 0;
                     connecting.push(fd);
+                }
+                PollTarget::Epoll(set) => {
+                    // Its kernel side is polled as usual; its fabric side is looked into.
+                    kernel.push(i);
+                    sets.push((i, set));
                 }
             }
         }
@@ -70,6 +76,12 @@ fn poll_fabric(fds: &mut [pollfd], timeout: Option<Duration>, sigmask: Option<&s
         for (k, &i) in kfds.iter().zip(&kernel) {
             fds[i].revents = k.revents;
             if k.revents != 0 {
+                n += 1;
+            }
+        }
+        for (i, set) in &sets {
+            if fds[*i].revents == 0 && fds[*i].events & libc::POLLIN != 0 && set.peek_ready() {
+                fds[*i].revents = libc::POLLIN;
                 n += 1;
             }
         }
@@ -107,7 +119,20 @@ fn poll_fabric(fds: &mut [pollfd], timeout: Option<Duration>, sigmask: Option<&s
         if spin_set(&spinners, crate::state::policy(), kernel_ready) {
             continue;
         }
-        poll_step(&items, &mut kfds, remaining, sigmask).map_err(|e| e.raw_os_error().unwrap_or(libc::EINVAL))?;
+        let armed: Vec<_> = sets.iter().map(|(_, set)| set.arm_all()).collect();
+        // Announced: look once more before blocking (a ring before the announcement
+        // would not have been sent).
+        if sets.iter().any(|(_, set)| set.peek_ready()) {
+            for a in &armed {
+                crate::epoll::disarm_all(a);
+            }
+            continue;
+        }
+        let r = poll_step(&items, &mut kfds, remaining, sigmask);
+        for a in &armed {
+            crate::epoll::disarm_all(a);
+        }
+        r.map_err(|e| e.raw_os_error().unwrap_or(libc::EINVAL))?;
     }
 }
 
