@@ -54,8 +54,17 @@ extern "C" fn fini() {
 #[link_section = ".fini_array"]
 static FINI: extern "C" fn() = fini;
 
-/// Hold the fd table across fork, so that the child never inherits it half-changed.
+/// Hold the fd table across fork, so that the child never inherits it half-changed;
+/// before that, every fabric connection learns that its side may be shared by two
+/// processes from now on.
 extern "C" fn fork_prepare() {
+    for (_, e) in table::all() {
+        if let sock::Entry::Conn(c) = e {
+            if let Some(Some(s)) = c.decided.get() {
+                s.before_fork();
+            }
+        }
+    }
     std::mem::forget(table::TABLE.write());
 }
 

@@ -74,6 +74,10 @@ pub fn wait_until(s: &dyn Stream, interest: u32, timeout: Option<Duration>, poli
             }
             None => None,
         };
+        let remaining = match (remaining, s.wait_cap()) {
+            (Some(r), Some(c)) => Some(r.min(c)),
+            (r, c) => r.or(c),
+        };
         let woke = block(s.doorbell(), role, remaining);
         s.local_bell().disarm(interest, |i| s.disarm(i));
         if role == Role::Leader {
@@ -87,7 +91,7 @@ pub fn wait_until(s: &dyn Stream, interest: u32, timeout: Option<Duration>, poli
         match woke {
             _ if now_ready => return WaitEnd::Ready,
             Woke::Interrupted => return WaitEnd::Interrupted,
-            Woke::TimedOut => return WaitEnd::TimedOut,
+            Woke::TimedOut if deadline.is_some_and(|d| sys::now_ns() >= d) => return WaitEnd::TimedOut,
             _ => {}
         }
     }

@@ -172,6 +172,12 @@ pub trait Stream: Send + Sync {
     fn probe(&self);
     /// How to wait now, by where the peer runs (also publishes where we run).
     fn approach(&self, policy: &SpinPolicy) -> Approach;
+    /// The process is about to fork: from now on this side may be used by several
+    /// processes at once (called with no operation in flight).
+    fn before_fork(&self);
+    /// The longest a waiter may block before re-checking (None: until rung). Set when
+    /// several processes may read the doorbell and take a byte meant for another.
+    fn wait_cap(&self) -> Option<Duration>;
     /// In a forked child: forget the parent's waiters.
     fn after_fork_child(&self) {
         self.local_bell().reset_after_fork();

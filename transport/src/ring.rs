@@ -89,6 +89,26 @@ impl Producer {
         self.head_seen
     }
 
+    /// Take up the tail as published (by another process of our side, after fork),
+    /// checked: it may only have moved forward, and never past the consumer's head plus
+    /// the capacity.
+    pub fn resync(&mut self) -> Result<(), Corrupt> {
+        // Acquire: pairs with the other producer process's Release in `publish`.
+        let t = self.raw.ctl().prod.tail.load(Ordering::Acquire);
+        if t < self.tail {
+            return Err(Corrupt);
+        }
+        let old = self.tail;
+        self.tail = t;
+        match self.load_head() {
+            Ok(_) => Ok(()),
+            Err(e) => {
+                self.tail = old;
+                Err(e)
+            }
+        }
+    }
+
     /// Bytes the consumer has not taken yet (checked).
     pub fn unconsumed(&mut self) -> Result<u64, Corrupt> {
         let head = self.load_head()?;
@@ -185,6 +205,25 @@ impl Consumer {
     /// The producer's tail as last seen (checked).
     pub fn tail_seen(&self) -> u64 {
         self.tail_seen
+    }
+
+    /// Take up the head as published (by another process of our side, after fork),
+    /// checked as in [`Producer::resync`].
+    pub fn resync(&mut self) -> Result<(), Corrupt> {
+        // Acquire: pairs with the other consumer process's Release in `advance`.
+        let h = self.raw.ctl().cons.head.load(Ordering::Acquire);
+        if h < self.head {
+            return Err(Corrupt);
+        }
+        let old = self.head;
+        self.head = h;
+        match self.available() {
+            Ok(_) => Ok(()),
+            Err(e) => {
+                self.head = old;
+                Err(e)
+            }
+        }
     }
 
     /// Bytes available, from a fresh, checked read of the producer's tail.

@@ -14,12 +14,12 @@ use crate::layout::{self, pflags, state, wait, SegHeader, CLIENT, SERVER};
 use crate::registry::{Held, Registry};
 use crate::ring::{Consumer, Corrupt, Producer};
 use crate::sys::{self, Mapping};
-use crate::wait::{hide_fd, Approach, LocalBell, SpinPolicy};
+use crate::wait::{hide_fd, xlock, Approach, LocalBell, SpinPolicy, XGuard};
 use parking_lot::Mutex;
 use std::io::{self, IoSlice, IoSliceMut};
 use std::os::fd::{AsRawFd, RawFd};
 use crate::sys::Fd;
-use std::sync::atomic::{fence, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{fence, AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -54,6 +54,11 @@ pub struct ShmStream {
     bell: LocalBell,
     flags: AtomicU32,
     last_liveness_ns: AtomicU64,
+    /// Our side may be used by several processes (set at fork, never cleared): our own
+    /// indices are then taken up from the segment under the side's cross-process locks
+    /// before each use, and waits are bounded (another process may read a doorbell
+    /// byte meant for us).
+    shared: AtomicBool,
 }
 
 impl ShmStream {
@@ -80,7 +85,39 @@ impl ShmStream {
             bell: LocalBell::default(),
             flags: AtomicU32::new(0),
             last_liveness_ns: AtomicU64::new(sys::now_ns()),
+            shared: AtomicBool::new(false),
         }
+    }
+
+    fn is_shared(&self) -> bool {
+        self.shared.load(Ordering::Relaxed)
+    }
+
+    /// The producer, with our tail taken up from the segment if the side is shared.
+    /// Lock order: the cross-process lock (if taken) before this mutex.
+    fn view_tx(&self) -> parking_lot::MutexGuard<'_, Producer> {
+        let mut g = self.tx.lock();
+        if self.is_shared() {
+            let _ = g.resync();
+        }
+        g
+    }
+
+    fn view_rx(&self) -> parking_lot::MutexGuard<'_, Consumer> {
+        let mut g = self.rx.lock();
+        if self.is_shared() {
+            let _ = g.resync();
+        }
+        g
+    }
+
+    /// Exclusive production across the processes of our side (shared mode only).
+    fn xl_tx(&self) -> Option<XGuard<'_>> {
+        self.is_shared().then(|| xlock(&self.me().tx_lock))
+    }
+
+    fn xl_rx(&self) -> Option<XGuard<'_>> {
+        self.is_shared().then(|| xlock(&self.me().rx_lock))
     }
 
     fn hdr(&self) -> &SegHeader {
@@ -160,7 +197,7 @@ impl ShmStream {
     }
 
     fn rx_avail(&self) -> Result<u64, Corrupt> {
-        self.rx.lock().available()
+        self.view_rx().available()
     }
 }
 
@@ -177,7 +214,10 @@ impl Stream for ShmStream {
         if total == 0 {
             return Ok(0);
         }
-        let n = self.tx.lock().write(bufs).map_err(|_| self.broken())?;
+        let n = {
+            let _x = self.xl_tx();
+            self.view_tx().write(bufs).map_err(|_| self.broken())?
+        };
         if n == 0 {
             // Full: is anyone still reading?
             if self.probe_gone() {
@@ -195,9 +235,11 @@ impl Stream for ShmStream {
                 return Err(e);
             }
         }
-        // The runs stay ours while the lock is dropped: the caller serialises producers,
-        // and the consumer only ever frees more space.
-        let runs = self.tx.lock().free_runs().map_err(|_| self.broken())?;
+        // The runs stay ours while the lock is dropped: the caller serialises producers
+        // in this process, the side's lock across processes, and the consumer only ever
+        // frees more space.
+        let _x = self.xl_tx();
+        let runs = self.view_tx().free_runs().map_err(|_| self.broken())?;
         if runs[0].1 == 0 {
             if self.probe_gone() {
                 return Err(self.pipe_or_reset().unwrap_or(StreamError::Pipe));
@@ -230,7 +272,10 @@ impl Stream for ShmStream {
 
     fn dequeue(&self, bufs: &mut [IoSliceMut<'_>], peek: bool) -> Result<usize, StreamError> {
         loop {
-            let n = self.rx.lock().read(bufs, peek).map_err(|_| self.broken())?;
+            let n = {
+                let _x = self.xl_rx();
+                self.view_rx().read(bufs, peek).map_err(|_| self.broken())?
+            };
             if n > 0 {
                 if !peek {
                     self.wake_peer(wait::SPACE);
@@ -248,7 +293,8 @@ impl Stream for ShmStream {
 
     fn dequeue_into(&self, drain: &mut dyn FnMut(*const u8, usize) -> io::Result<usize>) -> Result<usize, StreamError> {
         loop {
-            let mut rx = self.rx.lock();
+            let x = self.xl_rx();
+            let mut rx = self.view_rx();
             let runs = rx.data_runs().map_err(|_| self.broken())?;
             let mut done = 0usize;
             for (ptr, len) in runs {
@@ -270,10 +316,12 @@ impl Stream for ShmStream {
             if done > 0 {
                 rx.advance(done as u64);
                 drop(rx);
+                drop(x);
                 self.wake_peer(wait::SPACE);
                 return Ok(done);
             }
             drop(rx);
+            drop(x);
             if let Some(r) = self.empty_outcome()? {
                 return Ok(r);
             }
@@ -293,7 +341,7 @@ impl Stream for ShmStream {
         if self.flags.load(Ordering::Acquire) & (local::WR_SHUT | local::PEER_GONE | local::ERR_RESET) != 0 {
             return true;
         }
-        !matches!(self.tx.lock().free(), Ok(0))
+        !matches!(self.view_tx().free(), Ok(0))
     }
 
     fn poll_events(&self) -> i16 {
@@ -325,7 +373,7 @@ impl Stream for ShmStream {
     }
 
     fn progress(&self) -> (u64, u64) {
-        (self.rx.lock().tail_seen(), self.tx.lock().head_seen())
+        (self.view_rx().tail_seen(), self.view_tx().head_seen())
     }
 
     fn take_error(&self) -> bool {
@@ -337,7 +385,7 @@ impl Stream for ShmStream {
     }
 
     fn tx_pending(&self) -> usize {
-        self.tx.lock().unconsumed().unwrap_or(0) as usize
+        self.view_tx().unconsumed().unwrap_or(0) as usize
     }
 
     fn doorbell(&self) -> RawFd {
@@ -356,7 +404,19 @@ impl Stream for ShmStream {
     }
 
     fn disarm(&self, interest: u32) {
-        self.me().wait.fetch_and(!interest, Ordering::Relaxed);
+        // Shared by several processes, a bit may be another process's announcement:
+        // leave it (an extra ring costs a spurious wake-up, a missing one a hang).
+        if !self.is_shared() {
+            self.me().wait.fetch_and(!interest, Ordering::Relaxed);
+        }
+    }
+
+    fn before_fork(&self) {
+        self.shared.store(true, Ordering::Relaxed);
+    }
+
+    fn wait_cap(&self) -> Option<Duration> {
+        self.is_shared().then_some(Duration::from_millis(20))
     }
 
     fn wake_local(&self) {
@@ -384,7 +444,7 @@ impl Stream for ShmStream {
         } else if pf & layout::side::CLOSED != 0 {
             false
         } else {
-            self.tx.lock().unconsumed().unwrap_or(1) > 0
+            self.view_tx().unconsumed().unwrap_or(1) > 0
         };
         let bit = if reset { local::ERR_RESET } else { local::FIN };
         self.flags.fetch_or(bit, Ordering::AcqRel);
@@ -425,7 +485,12 @@ impl Drop for ShmStream {
     /// This process lets go of the connection: record how it ended (the last process to
     /// close decides, as the last close of a socket does).
     fn drop(&mut self) {
-        let unread = !matches!(self.rx.get_mut().available(), Ok(0));
+        let shared = self.is_shared();
+        let rx = self.rx.get_mut();
+        if shared {
+            let _ = rx.resync();
+        }
+        let unread = !matches!(rx.available(), Ok(0));
         let f = &self.me().flags;
         if unread {
             f.fetch_or(layout::side::CLOSED_UNREAD, Ordering::Release);

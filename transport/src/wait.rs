@@ -357,3 +357,96 @@ mod tests {
         assert_eq!(block(r.as_raw_fd(), Role::Leader, None), Woke::PeerGone);
     }
 }
+
+/// A lock shared by the processes of one side of a connection (after fork), in the
+/// segment. The word holds the holder's thread id, with [`XLOCK_WAITERS`] set once
+/// someone sleeps on it (Drepper's three-state mutex, with the holder's id as the
+/// "locked" state so that a dead holder can be detected and replaced).
+pub struct XGuard<'a> {
+    word: &'a std::sync::atomic::AtomicU32,
+}
+
+const XLOCK_WAITERS: u32 = 1 << 31;
+
+fn thread_exists(tid: u32) -> bool {
+    sys::process_exists(tid as i32)
+}
+
+fn futex(word: &std::sync::atomic::AtomicU32, op: libc::c_int, val: u32, timeout: Option<&libc::timespec>) {
+    let ts = timeout.map_or(std::ptr::null(), |t| t as *const libc::timespec);
+    // SAFETY: a futex operation on a live, aligned u32 in shared memory (not PRIVATE:
+    // the waiters are in several processes).
+    unsafe { libc::syscall(libc::SYS_futex, word.as_ptr(), op, val, ts, 0, 0) };
+}
+
+/// Take the lock `word`.
+pub fn xlock(word: &std::sync::atomic::AtomicU32) -> XGuard<'_> {
+    use std::sync::atomic::Ordering;
+    // SAFETY: gettid always succeeds.
+    let me = unsafe { libc::gettid() } as u32 & !XLOCK_WAITERS;
+    let mut want = me;
+    loop {
+        let cur = match word.compare_exchange(0, want, Ordering::Acquire, Ordering::Relaxed) {
+            Ok(_) => return XGuard { word },
+            Err(cur) => cur,
+        };
+        let holder = cur & !XLOCK_WAITERS;
+        if !thread_exists(holder) {
+            // The holder died holding it (its side of the stream is as it left it:
+            // indices are only ever published after the copy, so nothing is torn).
+            if word.compare_exchange(cur, want, Ordering::Acquire, Ordering::Relaxed).is_ok() {
+                return XGuard { word };
+            }
+            continue;
+        }
+        if cur & XLOCK_WAITERS == 0 && word.compare_exchange(cur, cur | XLOCK_WAITERS, Ordering::Relaxed, Ordering::Relaxed).is_err() {
+            continue;
+        }
+        // Bounded sleep: re-check the holder's liveness now and then.
+        let ts = libc::timespec { tv_sec: 0, tv_nsec: 10_000_000 };
+        futex(word, libc::FUTEX_WAIT, cur | XLOCK_WAITERS, Some(&ts));
+        // We slept: others may be asleep too, so hold it marked contended.
+        want = me | XLOCK_WAITERS;
+    }
+}
+
+impl Drop for XGuard<'_> {
+    fn drop(&mut self) {
+        if self.word.swap(0, std::sync::atomic::Ordering::Release) & XLOCK_WAITERS != 0 {
+            futex(self.word, libc::FUTEX_WAKE, 1, None);
+        }
+    }
+}
+
+#[cfg(test)]
+mod xlock_tests {
+    use super::*;
+    use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+    use std::sync::Arc;
+
+    #[test]
+    fn excludes_and_recovers_from_a_dead_holder() {
+        let word = Arc::new(AtomicU32::new(0));
+        let count = Arc::new(AtomicU64::new(0));
+        let ts: Vec<_> = (0..4)
+            .map(|_| {
+                let (w, c) = (word.clone(), count.clone());
+                std::thread::spawn(move || {
+                    for _ in 0..10_000 {
+                        let _g = xlock(&w);
+                        let v = c.load(Ordering::Relaxed);
+                        c.store(v + 1, Ordering::Relaxed);
+                    }
+                })
+            })
+            .collect();
+        for t in ts {
+            t.join().unwrap();
+        }
+        assert_eq!(count.load(Ordering::Relaxed), 40_000);
+        // A holder that no longer exists (pid_max is below 2^22).
+        word.store(4_000_000, Ordering::Relaxed);
+        drop(xlock(&word));
+        assert_eq!(word.load(Ordering::Relaxed), 0);
+    }
+}
