@@ -208,8 +208,8 @@ impl EpollSet {
             };
             let fd = g.shadow[i].fd;
             let stream = match c.stream(fd, false) {
-                Ok(Some(s)) => s,
-                Ok(None) => {
+                Ok(Some(s)) if !s.moved() => s,
+                Ok(_) => {
                     // Settled on TCP: the kernel set takes it over, as registered.
                     let (events, data) = (g.shadow[i].events, g.shadow[i].data);
                     let mut ev = epoll_event { events, u64: data };

@@ -98,8 +98,9 @@ fn managed(fd: c_int, flags: c_int) -> Result<Option<(Arc<Conn>, Arc<dyn Stream>
     let may_wait = c.decided.get().is_some()
         || (flags & libc::MSG_DONTWAIT == 0 && !sys::is_nonblocking(fd).unwrap_or(false));
     match c.stream(fd, may_wait) {
-        Ok(Some(s)) => Ok(Some((c, s))),
-        Ok(None) => {
+        Ok(Some(s)) if !s.moved() => Ok(Some((c, s))),
+        Ok(_) => {
+            // On kernel TCP (from the start, or moved back): straight to libc from now.
             DATA.set(fd, false);
             Ok(None)
         }
@@ -126,8 +127,8 @@ pub(crate) fn poll_target(fd: c_int) -> PollTarget {
     }
     let Some(c) = conn_of(fd) else { return PollTarget::Kernel };
     match c.stream(fd, false) {
-        Ok(Some(s)) => PollTarget::Fabric(s),
-        Ok(None) => PollTarget::Kernel,
+        Ok(Some(s)) if !s.moved() => PollTarget::Fabric(s),
+        Ok(_) => PollTarget::Kernel,
         Err(Undecided::Connecting) => PollTarget::Connecting,
         Err(Undecided::Offered) => match c.pending_bell() {
             Some((bell, deadline_ns)) => PollTarget::Offered { bell, deadline_ns },
@@ -138,11 +139,16 @@ pub(crate) fn poll_target(fd: c_int) -> PollTarget {
 
 // ---------------------------------------------------------------- receive / send
 
+/// Not an errno: the connection moved back to kernel TCP in the middle of the call,
+/// which is to be made on the kernel socket instead.
+const MOVED: i32 = -2;
+
 /// The errno for a stream error reported to the application (consuming a pending
 /// reset: reported once, as Linux).
 fn stream_errno(s: &dyn Stream, e: StreamError, flags: c_int) -> i32 {
     match e {
         StreamError::WouldBlock => libc::EAGAIN,
+        StreamError::Moved => MOVED,
         StreamError::Io(e) => e,
         StreamError::Reset => {
             s.take_error();
@@ -321,7 +327,10 @@ fn recv_common(fd: c_int, bufs: impl FnOnce() -> Result<Vec<IoSliceMut<'static>>
     boundary(-1, || match managed(fd, flags)? {
         Some((c, s)) => {
             let mut b = bufs()?;
-            fabric_recv(fd, &c, &*s, &mut b, flags).map(|n| n as ssize_t)
+            match fabric_recv(fd, &c, &*s, &mut b, flags) {
+                Err(MOVED) => pass(pass_through()),
+                r => r.map(|n| n as ssize_t),
+            }
         }
         None => pass(pass_through()),
     })
@@ -331,7 +340,10 @@ fn send_common(fd: c_int, bufs: impl FnOnce() -> Result<Vec<IoSlice<'static>>, i
     boundary(-1, || match managed(fd, flags)? {
         Some((c, s)) => {
             let mut b = bufs()?;
-            fabric_send(fd, &c, &*s, &mut b, flags).map(|n| n as ssize_t)
+            match fabric_send(fd, &c, &*s, &mut b, flags) {
+                Err(MOVED) => pass(pass_through()),
+                r => r.map(|n| n as ssize_t),
+            }
         }
         None => pass(pass_through()),
     })
@@ -555,7 +567,7 @@ pub unsafe fn sendfile(out_fd: c_int, in_fd: c_int, offset: *mut off_t, count: s
     }
     let off = if offset.is_null() { None } else { Some(offset as *mut i64) };
     boundary(-1, || match sendfile_any(out_fd, in_fd, off, count) {
-        Err(-1) => pass((real().sendfile)(out_fd, in_fd, offset, count)),
+        Err(-1) | Err(MOVED) => pass((real().sendfile)(out_fd, in_fd, offset, count)),
         r => r,
     })
 }
@@ -566,7 +578,7 @@ pub unsafe fn sendfile64(out_fd: c_int, in_fd: c_int, offset: *mut off64_t, coun
     }
     let off = if offset.is_null() { None } else { Some(offset as *mut i64) };
     boundary(-1, || match sendfile_any(out_fd, in_fd, off, count) {
-        Err(-1) => pass((real().sendfile64)(out_fd, in_fd, offset, count)),
+        Err(-1) | Err(MOVED) => pass((real().sendfile64)(out_fd, in_fd, offset, count)),
         r => r,
     })
 }
@@ -603,7 +615,10 @@ pub unsafe fn splice(fd_in: c_int, off_in: *mut loff_t, fd_out: c_int, off_out: 
         if let Some((c, s)) = managed(fd_out, dontwait)? {
             // pipe -> socket
             let mut src = |p: *mut u8, n: usize| sys::read_raw(fd_in, p, n);
-            return fabric_send_from(fd_out, &c, &*s, len, dontwait, &mut src).map(|n| n as ssize_t);
+            return match fabric_send_from(fd_out, &c, &*s, len, dontwait, &mut src) {
+                Err(MOVED) => pass(pass_through()),
+                r => r.map(|n| n as ssize_t),
+            };
         }
         if let Some((c, s)) = managed(fd_in, dontwait)? {
             // socket -> pipe: move only what the pipe can take now, so that neither the
@@ -631,6 +646,7 @@ pub unsafe fn splice(fd_in: c_int, off_in: *mut loff_t, fd_out: c_int, off_out: 
                         return Ok(n as ssize_t);
                     }
                     Err(StreamError::WouldBlock) => block_on(fd_in, &*s, wait::DATA, dontwait, &mut limit)?,
+                    Err(StreamError::Moved) => return pass(pass_through()),
                     Err(e) => return Err(stream_errno(&*s, e, 0)),
                 }
             }
@@ -733,8 +749,8 @@ pub unsafe fn connect(fd: c_int, addr: *const sockaddr, len: socklen_t) -> c_int
         if !reg.listeners(dst.port()).iter().any(|l| listener_matches(l, &dst)) {
             return fallback(Reason::NoShimListener);
         }
-        let Ok(st) = sys::fstat(fd) else { return fallback(Reason::OfferFailed) };
-        let offer = match fab.offer(st.st_ino) {
+
+        let offer = match fab.offer(fd) {
             Ok(o) => o,
             Err(e) => {
                 crate::log_at!(LogLevel::Debug, "offer failed: {e}");
@@ -769,7 +785,7 @@ unsafe fn on_accept(lfd: c_int, fd: c_int) {
         (None, Reason::ForcedTcp)
     } else {
         match (diag::lookup(peer, local), state::fabric()) {
-            (Ok(Some(p)), Some(fab)) if p.uid == sys::getuid() => match fab.claim(p.inode) {
+            (Ok(Some(p)), Some(fab)) if p.uid == sys::getuid() => match fab.claim(p.inode, fd) {
                 Ok(s) => (Some(s), Reason::None),
                 Err(Reason::PeerNotShim) if !ours => (None, Reason::ListenerUnknown),
                 Err(r) => (None, r),
@@ -854,7 +870,7 @@ pub unsafe fn shutdown(fd: c_int, how: c_int) -> c_int {
         // A half-close cannot wait for "later": decide a pending client now (bounded by
         // its claim deadline), whatever the socket's blocking mode.
         let stream = match conn_of(fd).map(|c| c.stream(fd, true)) {
-            Some(Ok(Some(s))) => Some(s),
+            Some(Ok(Some(s))) if !s.moved() => Some(s),
             _ => None,
         };
         match stream {
@@ -877,9 +893,6 @@ pub unsafe fn close(fd: c_int) -> c_int {
     }
     if TRACKED.get(fd) {
         let e = table::remove(fd);
-        if let Some(Entry::Conn(c)) = &e {
-            abort_if_lingering(fd, c);
-        }
         let r = (real().close)(fd);
         let saved = errno();
         drop(e);
@@ -887,21 +900,6 @@ pub unsafe fn close(fd: c_int) -> c_int {
         return r;
     }
     (real().close)(fd)
-}
-
-/// The last local reference to a fabric connection closes with SO_LINGER {1, 0}: the
-/// peer must see a reset, as Linux sends RST on an abortive close.
-fn abort_if_lingering(fd: c_int, c: &Arc<Conn>) {
-    if Arc::strong_count(c) != 1 {
-        return;
-    }
-    if let Some(Some(s)) = c.decided.get() {
-        if let Ok(l) = sys::getsockopt::<libc::linger>(fd, libc::SOL_SOCKET, libc::SO_LINGER) {
-            if l.l_onoff != 0 && l.l_linger == 0 {
-                s.abort();
-            }
-        }
-    }
 }
 
 pub unsafe fn close_range(first: c_uint, last: c_uint, flags: c_int) -> c_int {
@@ -1017,10 +1015,15 @@ pub unsafe fn getsockopt(fd: c_int, level: c_int, name: c_int, val: *mut c_void,
         if let Ok(Some((_, s))) = managed(fd, libc::MSG_DONTWAIT) {
             if (*len as usize) >= std::mem::size_of::<c_int>() {
                 s.probe();
-                // The kernel socket's own errors are artefacts of the teardown of a
-                // connection whose bytes never went through it: consume and drop them.
-                let _ = sys::getsockopt::<c_int>(fd, libc::SOL_SOCKET, libc::SO_ERROR);
-                *(val as *mut c_int) = if s.take_error() { libc::ECONNRESET } else { 0 };
+                let ours = s.take_error();
+                if !ours && s.peer_gone() {
+                    // The kernel socket carries the connection's end now: its error is
+                    // the real one.
+                    return (real().getsockopt)(fd, level, name, val, len);
+                }
+                // While the ring carries the bytes, the kernel socket has no errors of
+                // its own worth reporting.
+                *(val as *mut c_int) = if ours { libc::ECONNRESET } else { 0 };
                 *len = std::mem::size_of::<c_int>() as socklen_t;
                 return 0;
             }

@@ -107,6 +107,9 @@ pub enum StreamError {
     Pipe,
     /// The source or sink of a sendfile/splice failed with this errno.
     Io(i32),
+    /// The connection is back on kernel TCP (its peer left the ring): make the call on
+    /// the kernel socket.
+    Moved,
 }
 
 /// `how` for [`Stream::shutdown`].
@@ -183,11 +186,15 @@ pub trait Stream: Send + Sync {
         self.local_bell().reset_after_fork();
     }
 
+    /// The connection is back on kernel TCP and nothing is left in the ring: every call
+    /// belongs to the kernel socket now.
+    fn moved(&self) -> bool;
+    /// The peer has left the ring (the connection is moving, or has moved, back to
+    /// kernel TCP).
+    fn peer_gone(&self) -> bool;
+
     // --- shutdown ---
     fn shutdown(&self, how: Shutdown);
-    /// The last local reference closes with SO_LINGER {on, 0}: the peer must see a reset
-    /// (as Linux sends RST on an abortive close).
-    fn abort(&self);
 }
 
 /// A client's pending offer.
@@ -208,10 +215,11 @@ pub trait Offer: Send + Sync {
 pub trait Fabric: Send + Sync {
     fn name(&self) -> &'static str;
     fn caps(&self) -> Caps;
-    /// Post an offer for the client socket with inode `sock_inode`, before connect.
-    fn offer(&self, sock_inode: u64) -> io::Result<Box<dyn Offer>>;
-    /// At accept: claim the offer of the client socket `peer_inode`, if there is one.
-    fn claim(&self, peer_inode: u64) -> Result<Arc<dyn Stream>, Reason>;
+    /// Post an offer for the client socket `sock`, before connect.
+    fn offer(&self, sock: RawFd) -> io::Result<Box<dyn Offer>>;
+    /// At accept: claim the offer of the client socket `peer_inode`, if there is one,
+    /// for our accepted socket `sock`.
+    fn claim(&self, peer_inode: u64, sock: RawFd) -> Result<Arc<dyn Stream>, Reason>;
     /// At accept, when policy keeps the connection on TCP: tell the client at once
     /// (best effort), rather than let it wait for its claim deadline.
     fn refuse(&self, peer_inode: u64);

@@ -70,19 +70,6 @@ pub struct SideCtl {
     /// replaced.
     pub tx_lock: AtomicU32,
     pub rx_lock: AtomicU32,
-    /// `side::*` bits, set by the owning side (Release) before it closes; read by the
-    /// peer (Acquire) once it has seen the doorbell hang up.
-    pub flags: AtomicU32,
-}
-
-/// Bits of [`SideCtl::flags`].
-pub mod side {
-    /// The side closed abortively (SO_LINGER {1, 0}): the peer sees a reset.
-    pub const ABORT: u32 = 1;
-    /// The side closed with bytes of the peer's still unread: a reset (as Linux).
-    pub const CLOSED_UNREAD: u32 = 2;
-    /// The side closed having read everything: an orderly end (FIN).
-    pub const CLOSED: u32 = 4;
 }
 
 /// The producer's line of one direction.

@@ -161,6 +161,13 @@ impl Producer {
         }
     }
 
+    /// The bytes the consumer has not taken, as up to two runs (checked).
+    pub fn unconsumed_runs(&mut self) -> Result<[(*const u8, usize); 2], Corrupt> {
+        let head = self.load_head()?;
+        // SAFETY: runs() stays inside the data area.
+        Ok(self.raw.runs(head, self.tail - head).map(|(off, len)| (unsafe { self.raw.data.add(off) } as *const u8, len)))
+    }
+
     /// The free space as up to two writable runs (for sources that write straight into
     /// the ring: sendfile, splice). Commit with [`Producer::publish`].
     pub fn free_runs(&mut self) -> Result<[(*mut u8, usize); 2], Corrupt> {

@@ -3,10 +3,14 @@
 //! pipes through /proc/PID/fd (so nothing lives on the filesystem but the small offer
 //! record, and everything is freed with the last process that maps it).
 //!
-//! Teardown follows Linux TCP, derived from what is observable without trusting the peer:
-//! the peer is gone when every writer of our doorbell pipe is closed (it closed the socket
-//! in all its processes, or died). If it left bytes of ours unread, it is as if it had
-//! sent a reset (as Linux: closing with unread data sends RST); otherwise a FIN.
+//! When the ring's peer goes, the connection moves back to kernel TCP. The peer is gone
+//! when every writer of our doorbell pipe is closed: all its processes closed the socket,
+//! died, exec'd a program, or passed the socket on and closed their copy. Whichever it
+//! was, the kernel socket now tells the truth: a FIN, a reset, or a live connection whose
+//! other end a new program holds. So the survivor re-sends over TCP the bytes the peer
+//! never consumed, reads what the peer left in the ring, and from then on hands every
+//! call to the kernel socket. Nothing is lost or reordered, and EOF, ECONNRESET and EPIPE
+//! are the kernel's own.
 #![allow(unsafe_code)]
 
 use crate::fabric::{Caps, Fabric, Offer, Reason, Shutdown, Stream, StreamError};
@@ -31,10 +35,9 @@ mod local {
     pub const PEER_GONE: u32 = 4;
     /// A reset is pending for the next call that can report it (ECONNRESET).
     pub const ERR_RESET: u32 = 8;
-    /// The peer closed cleanly (FIN); the first write after it is swallowed, as Linux
-    /// (the peer's kernel answers it with RST), later writes fail with EPIPE.
-    pub const FIN: u32 = 16;
-    pub const FIN_WRITE_USED: u32 = 32;
+    /// The bytes the peer never consumed were re-sent over the kernel socket: writes
+    /// now go there, and reads too once the ring is empty.
+    pub const MOVED: u32 = 16;
     /// The peer broke the protocol (an impossible index); treated as a reset.
     pub const BROKEN: u32 = 64;
 }
@@ -47,6 +50,9 @@ pub struct ShmStream {
     side: usize,
     tx: Mutex<Producer>,
     rx: Mutex<Consumer>,
+    /// Our own reference to the kernel socket (a close-on-exec dup), for the move back
+    /// to TCP when the peer goes.
+    sock: Fd,
     /// Our doorbell's read end (blocking).
     bell_rx: Fd,
     /// The peer's doorbell's write end (non-blocking).
@@ -64,7 +70,7 @@ pub struct ShmStream {
 impl ShmStream {
     /// # Safety-relevant contract
     /// `map` is a validated segment of `segment_len(ring)` bytes.
-    fn new(map: Mapping, side: usize, ring: u64, bell_rx: Fd, bell_tx: Fd) -> ShmStream {
+    fn new(map: Mapping, side: usize, ring: u64, sock: Fd, bell_rx: Fd, bell_tx: Fd) -> ShmStream {
         let base = map.as_ptr();
         let hdr = base as *const SegHeader;
         let data = |d: usize| unsafe { base.add((layout::SEG_HEADER_SIZE + d as u64 * ring) as usize) };
@@ -80,6 +86,7 @@ impl ShmStream {
             side,
             tx: Mutex::new(tx),
             rx: Mutex::new(rx),
+            sock,
             bell_rx,
             bell_tx,
             bell: LocalBell::default(),
@@ -168,24 +175,68 @@ impl ShmStream {
         false
     }
 
-    fn pipe_or_reset(&self) -> Option<StreamError> {
+    /// Why a write cannot go into the ring, if it cannot.
+    fn write_refusal(&self) -> Option<StreamError> {
         let f = self.flags.load(Ordering::Acquire);
         if f & local::WR_SHUT != 0 {
             return Some(StreamError::Pipe);
         }
         if f & local::ERR_RESET != 0 {
             // As Linux: the pending error is reported once (ECONNRESET, consumed by the
-            // caller with take_error), then EPIPE.
+            // caller with take_error).
             return Some(StreamError::Reset);
         }
-        if f & local::PEER_GONE != 0 {
-            if f & local::FIN != 0 && f & local::FIN_WRITE_USED == 0 {
-                self.flags.fetch_or(local::FIN_WRITE_USED, Ordering::AcqRel);
-                return None;
-            }
+        if f & local::BROKEN != 0 {
             return Some(StreamError::Pipe);
         }
+        if f & local::PEER_GONE != 0 {
+            self.move_to_kernel();
+            return Some(StreamError::Moved);
+        }
         None
+    }
+
+    /// The peer is gone: re-send what it never consumed over the kernel socket (in
+    /// order, before anything this side writes later), so that whoever holds the other
+    /// end of the TCP connection now (the peer's kernel socket after exec or fd
+    /// passing; or nobody, and the kernel answers with a reset) has the whole stream.
+    /// Idempotent; producers of this process and side are excluded meanwhile.
+    fn move_to_kernel(&self) {
+        if self.has(local::MOVED) || self.has(local::BROKEN) {
+            return;
+        }
+        let _x = self.xl_tx();
+        let mut tx = self.view_tx();
+        if self.has(local::MOVED) {
+            return;
+        }
+        // A FIN already on the kernel socket (looked at with poll, which consumes no
+        // error): the peer's socket is closed, not exec'd or passed on. If it left bytes
+        // of ours unread, Linux would have answered with a reset: report one once the
+        // ring is drained. (A reset the kernel received it reports itself.)
+        let mut p = [libc::pollfd { fd: self.sock.as_raw_fd(), events: libc::POLLIN | libc::POLLRDHUP, revents: 0 }];
+        let rev = if sys::poll(&mut p, 0).is_ok() { p[0].revents } else { 0 };
+        let fin_only = rev & libc::POLLRDHUP != 0 && rev & libc::POLLERR == 0;
+        if fin_only && tx.unconsumed().unwrap_or(0) > 0 {
+            self.flags.fetch_or(local::ERR_RESET, Ordering::AcqRel);
+        }
+        // Re-send only to a live socket: sending to a closed one would only consume the
+        // reset the application is owed.
+        let alive = rev & (libc::POLLRDHUP | libc::POLLHUP | libc::POLLERR) == 0;
+        if let (true, Ok(runs)) = (alive, tx.unconsumed_runs()) {
+            for (ptr, len) in runs {
+                if len > 0 && !send_all(self.sock.as_raw_fd(), ptr, len) {
+                    break;
+                }
+            }
+        }
+        if self.has(local::WR_SHUT) {
+            // Our half-close lived in the ring: give it to the kernel socket too.
+            // SAFETY: plain shutdown(2) on our own reference to the socket.
+            unsafe { libc::syscall(libc::SYS_shutdown, self.sock.as_raw_fd(), libc::SHUT_WR) };
+        }
+        drop(tx);
+        self.flags.fetch_or(local::MOVED, Ordering::AcqRel);
     }
 
     fn periodic_liveness(&self) {
@@ -205,11 +256,10 @@ impl Stream for ShmStream {
     fn enqueue(&self, bufs: &[IoSlice<'_>]) -> Result<usize, StreamError> {
         let total: usize = bufs.iter().map(|b| b.len()).sum();
         self.periodic_liveness();
-        if self.flags.load(Ordering::Relaxed) & (local::WR_SHUT | local::PEER_GONE | local::ERR_RESET) != 0 {
-            return match self.pipe_or_reset() {
-                Some(e) => Err(e),
-                None => Ok(total), // the swallowed write after a FIN
-            };
+        if self.flags.load(Ordering::Relaxed) & (local::WR_SHUT | local::PEER_GONE | local::ERR_RESET | local::BROKEN) != 0 {
+            if let Some(e) = self.write_refusal() {
+                return Err(e);
+            }
         }
         if total == 0 {
             return Ok(0);
@@ -230,10 +280,8 @@ impl Stream for ShmStream {
     }
 
     fn enqueue_from(&self, fill: &mut dyn FnMut(*mut u8, usize) -> io::Result<usize>) -> Result<usize, StreamError> {
-        if self.flags.load(Ordering::Relaxed) & (local::WR_SHUT | local::PEER_GONE | local::ERR_RESET) != 0 {
-            if let Some(e) = self.pipe_or_reset() {
-                return Err(e);
-            }
+        if let Some(e) = self.write_refusal() {
+            return Err(e);
         }
         // The runs stay ours while the lock is dropped: the caller serialises producers
         // in this process, the side's lock across processes, and the consumer only ever
@@ -241,8 +289,9 @@ impl Stream for ShmStream {
         let _x = self.xl_tx();
         let runs = self.view_tx().free_runs().map_err(|_| self.broken())?;
         if runs[0].1 == 0 {
+            drop(_x);
             if self.probe_gone() {
-                return Err(self.pipe_or_reset().unwrap_or(StreamError::Pipe));
+                return Err(self.write_refusal().unwrap_or(StreamError::Moved));
             }
             return Err(StreamError::WouldBlock);
         }
@@ -338,7 +387,7 @@ impl Stream for ShmStream {
     }
 
     fn has_space(&self) -> bool {
-        if self.flags.load(Ordering::Acquire) & (local::WR_SHUT | local::PEER_GONE | local::ERR_RESET) != 0 {
+        if self.flags.load(Ordering::Acquire) & (local::WR_SHUT | local::PEER_GONE | local::ERR_RESET | local::BROKEN) != 0 {
             return true;
         }
         !matches!(self.view_tx().free(), Ok(0))
@@ -351,9 +400,22 @@ impl Stream for ShmStream {
         let mut ev: i16 = 0;
         let avail = self.rx_avail();
         let peer_wr_shut = self.rx.lock().peer_flags() & pflags::WR_SHUT != 0;
-        let rcv_shut = f & (local::RD_SHUT | local::PEER_GONE) != 0 || peer_wr_shut;
-        let reset = f & (local::ERR_RESET | local::BROKEN) != 0 || (f & local::PEER_GONE != 0 && f & local::FIN == 0);
-        let snd_shut = f & local::WR_SHUT != 0 || reset;
+        // A gone peer with bytes left in the ring: readable (the bytes), writable (the
+        // kernel socket takes writes from now on); once the ring is empty the caller
+        // asks the kernel socket instead (`moved`).
+        let rcv_shut = f & local::RD_SHUT != 0 || peer_wr_shut || f & local::BROKEN != 0;
+        let snd_shut = f & (local::WR_SHUT | local::BROKEN) != 0;
+        if f & local::PEER_GONE != 0 {
+            // Bytes are left in the ring, but the end of the stream is the kernel
+            // socket's now: its FIN or reset shows as Linux shows them.
+            let mut p = [libc::pollfd { fd: self.sock.as_raw_fd(), events: libc::POLLIN | libc::POLLOUT | libc::POLLRDHUP, revents: 0 }];
+            if sys::poll(&mut p, 0).is_ok() {
+                ev |= p[0].revents & (libc::POLLRDHUP | libc::POLLHUP | libc::POLLERR);
+                if p[0].revents & (libc::POLLRDHUP | libc::POLLHUP | libc::POLLERR) != 0 {
+                    ev |= libc::POLLIN | libc::POLLRDNORM;
+                }
+            }
+        }
         if rcv_shut && snd_shut {
             ev |= libc::POLLHUP;
         }
@@ -363,11 +425,11 @@ impl Stream for ShmStream {
         if !matches!(avail, Ok(0)) {
             ev |= libc::POLLIN | libc::POLLRDNORM;
         }
-        if snd_shut || self.has_space() {
+        if snd_shut || f & local::PEER_GONE != 0 || self.has_space() {
             ev |= libc::POLLOUT | libc::POLLWRNORM;
         }
         if f & local::ERR_RESET != 0 {
-            ev |= libc::POLLERR;
+            ev |= libc::POLLERR | libc::POLLHUP | libc::POLLRDHUP | libc::POLLIN | libc::POLLRDNORM;
         }
         ev
     }
@@ -431,23 +493,17 @@ impl Stream for ShmStream {
     }
 
     fn ring_gone(&self) {
-        if self.flags.fetch_or(local::PEER_GONE, Ordering::AcqRel) & local::PEER_GONE != 0 {
-            return;
+        if self.flags.fetch_or(local::PEER_GONE, Ordering::AcqRel) & local::PEER_GONE == 0 {
+            self.move_to_kernel();
         }
-        // Did the peer close with bytes of ours unread, or abortively? Then it is a
-        // reset, as Linux sends RST when a socket is closed with data in its receive
-        // queue or with SO_LINGER {1, 0}; otherwise a FIN. The peer records which when it
-        // closes; a peer that died without closing is judged by what it left unread.
-        let pf = self.peer().flags.load(Ordering::Acquire);
-        let reset = if pf & (layout::side::ABORT | layout::side::CLOSED_UNREAD) != 0 {
-            true
-        } else if pf & layout::side::CLOSED != 0 {
-            false
-        } else {
-            self.view_tx().unconsumed().unwrap_or(1) > 0
-        };
-        let bit = if reset { local::ERR_RESET } else { local::FIN };
-        self.flags.fetch_or(bit, Ordering::AcqRel);
+    }
+
+    fn peer_gone(&self) -> bool {
+        self.has(local::PEER_GONE)
+    }
+
+    fn moved(&self) -> bool {
+        self.has(local::MOVED) && !self.has(local::BROKEN) && matches!(self.rx_avail(), Ok(0))
     }
 
     fn probe(&self) {
@@ -476,52 +532,83 @@ impl Stream for ShmStream {
         self.wake_local();
     }
 
-    fn abort(&self) {
-        self.me().flags.fetch_or(layout::side::ABORT, Ordering::Release);
-    }
+
 }
 
 impl Drop for ShmStream {
-    /// This process lets go of the connection: record how it ended (the last process to
-    /// close decides, as the last close of a socket does).
+    /// This process lets go of the connection. If it leaves bytes unread in the ring,
+    /// the kernel socket must close with a reset, as Linux does for unread bytes in a
+    /// receive queue (those bytes never were in the kernel's): SO_LINGER {1, 0} makes
+    /// the kernel send it. The socket reference closes before the doorbell ends (field
+    /// order), so the peer finds the reset or FIN in place when its doorbell hangs up.
+    /// A side shared with other processes (after fork) may be closed here while another
+    /// process goes on reading: there the socket closes as it is.
     fn drop(&mut self) {
-        let shared = self.is_shared();
-        let rx = self.rx.get_mut();
-        if shared {
-            let _ = rx.resync();
+        if self.is_shared() {
+            return;
         }
-        let unread = !matches!(rx.available(), Ok(0));
-        let f = &self.me().flags;
-        if unread {
-            f.fetch_or(layout::side::CLOSED_UNREAD, Ordering::Release);
-        } else {
-            f.fetch_and(!layout::side::CLOSED_UNREAD, Ordering::Relaxed);
-            f.fetch_or(layout::side::CLOSED, Ordering::Release);
+        let rx = self.rx.get_mut();
+        if !matches!(rx.available(), Ok(0)) && !self.has(local::MOVED) {
+            let _ = sys::setsockopt(self.sock.as_raw_fd(), libc::SOL_SOCKET, libc::SO_LINGER, libc::linger { l_onoff: 1, l_linger: 0 });
         }
     }
 }
 
 impl ShmStream {
-    /// The receive ring was empty: end of stream, an error, or nothing yet.
-    /// `Ok(Some(0))`: EOF; `Ok(None)`: data appeared, try again; `Err(WouldBlock)`.
+    /// The receive ring was empty: end of stream, an error, the move to the kernel
+    /// socket, or nothing yet. `Ok(Some(0))`: EOF; `Ok(None)`: data appeared, try again.
     fn empty_outcome(&self) -> Result<Option<usize>, StreamError> {
         if self.has(local::RD_SHUT) {
             return Ok(Some(0));
         }
+        if self.has(local::BROKEN) {
+            return if self.has(local::ERR_RESET) { Err(StreamError::Reset) } else { Ok(Some(0)) };
+        }
         // Flags are read after the ring was seen empty; re-check the ring after them, as
-        // the producer sets WR_SHUT only after its last tail store.
+        // the producer sets WR_SHUT only after its last tail store, and its last bytes
+        // are published before its doorbell can hang up.
         let shut = self.rx.lock().peer_flags() & pflags::WR_SHUT != 0;
-        if shut || self.probe_gone() {
+        let gone = !shut && self.probe_gone();
+        if shut || gone {
             if self.rx_avail().map_err(|_| self.broken())? > 0 {
                 return Ok(None);
             }
-            if !shut && self.has(local::ERR_RESET) {
-                return Err(StreamError::Reset);
+            if gone {
+                self.move_to_kernel();
+                if self.has(local::ERR_RESET) {
+                    return Err(StreamError::Reset);
+                }
+                return Err(StreamError::Moved);
             }
             return Ok(Some(0));
         }
         Err(StreamError::WouldBlock)
     }
+}
+
+/// Send all of `len` bytes at `ptr` on a kernel socket, waiting for room as needed.
+/// False if the socket failed (the peer is gone for good: the kernel will say so to the
+/// application's next call).
+fn send_all(sock: RawFd, mut ptr: *const u8, mut len: usize) -> bool {
+    while len > 0 {
+        // SAFETY: ptr..ptr+len is inside the ring, which the caller keeps mapped.
+        let r = unsafe { libc::syscall(libc::SYS_sendto, sock, ptr, len, libc::MSG_NOSIGNAL, 0, 0) };
+        if r > 0 {
+            // SAFETY: r <= len.
+            ptr = unsafe { ptr.add(r as usize) };
+            len -= r as usize;
+            continue;
+        }
+        match io::Error::last_os_error().raw_os_error() {
+            Some(libc::EAGAIN) => {
+                let mut p = [libc::pollfd { fd: sock, events: libc::POLLOUT, revents: 0 }];
+                let _ = sys::poll(&mut p, -1);
+            }
+            Some(libc::EINTR) => {}
+            _ => return false,
+        }
+    }
+    true
 }
 
 /// The shm fabric.
@@ -544,6 +631,7 @@ struct ShmOffer {
     ring: u64,
     bell_rx: Mutex<Option<Fd>>,
     bell_tx: Mutex<Option<Fd>>,
+    sock: Mutex<Option<Fd>>,
 }
 
 impl ShmOffer {
@@ -609,9 +697,10 @@ impl Offer for ShmOffer {
         let map = this.map.lock().take().expect("mapping present");
         let rx = this.bell_rx.lock().take().expect("bell present");
         let tx = this.bell_tx.lock().take().expect("bell present");
+        let sock = this.sock.lock().take().expect("socket present");
         // The name is gone (finish); the lock goes with the fd.
         drop(this.record.take());
-        Arc::new(ShmStream::new(map, CLIENT, this.ring, rx, tx))
+        Arc::new(ShmStream::new(map, CLIENT, this.ring, sock, rx, tx))
     }
 }
 
@@ -641,7 +730,9 @@ impl Fabric for Shm {
         Caps(Caps::SAME_KERNEL | Caps::SHARED_PAGES | Caps::POLLABLE_DOORBELL | Caps::KERNEL_VERIFIED_PEER)
     }
 
-    fn offer(&self, sock_inode: u64) -> io::Result<Box<dyn Offer>> {
+    fn offer(&self, sock: RawFd) -> io::Result<Box<dyn Offer>> {
+        let sock_inode = sys::fstat(sock)?.st_ino;
+        let sock = sys::owned(sys::dup_min(sock, crate::wait::fd_floor())?);
         let len = layout::segment_len(self.ring);
         let mfd = memfd::MemfdOptions::default()
             .close_on_exec(true)
@@ -691,12 +782,13 @@ impl Fabric for Shm {
             ring: self.ring,
             bell_rx: Mutex::new(Some(c_r)),
             bell_tx: Mutex::new(Some(s_w)),
+            sock: Mutex::new(Some(sock)),
         }))
     }
 
-    fn claim(&self, peer_inode: u64) -> Result<Arc<dyn Stream>, Reason> {
+    fn claim(&self, peer_inode: u64, sock: RawFd) -> Result<Arc<dyn Stream>, Reason> {
         let Some(rec) = self.reg.find_offer(peer_inode) else { return Err(Reason::PeerNotShim) };
-        let result = claim_offer(&rec);
+        let result = claim_offer(&rec, sock);
         // Decided either way (or undecidable: the client will time out): the record goes.
         self.reg.remove_offer(peer_inode);
         result
@@ -728,8 +820,9 @@ impl Fabric for Shm {
 }
 
 /// Open and check everything an offer names, then claim it.
-fn claim_offer(rec: &layout::OfferRepr) -> Result<Arc<dyn Stream>, Reason> {
+fn claim_offer(rec: &layout::OfferRepr, sock: RawFd) -> Result<Arc<dyn Stream>, Reason> {
     let fail = |_| Reason::ClaimFailed;
+    let sock = sys::owned(sys::dup_min(sock, crate::wait::fd_floor()).map_err(fail)?);
     let seg = sys::open(&proc_fd(rec.pid, rec.seg_fd), libc::O_RDWR, 0).map_err(fail)?;
     let st = sys::fstat(seg.as_raw_fd()).map_err(fail)?;
     let len = layout::segment_len(rec.ring_size);
@@ -773,5 +866,5 @@ fn claim_offer(rec: &layout::OfferRepr) -> Result<Arc<dyn Stream>, Reason> {
     }
     hdr.server_pid.store(sys::getpid(), Ordering::Relaxed);
     let _ = sys::write(bell_tx.as_raw_fd(), &[1]);
-    Ok(Arc::new(ShmStream::new(map, SERVER, rec.ring_size, bell_rx, bell_tx)))
+    Ok(Arc::new(ShmStream::new(map, SERVER, rec.ring_size, sock, bell_rx, bell_tx)))
 }

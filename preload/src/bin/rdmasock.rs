@@ -1,5 +1,7 @@
 //! The rdmasock command: `rdmasock stat [--json]` lists the current user's live
-//! connections; `rdmasock run [--] CMD ARGS...` runs a program with the library preloaded.
+//! connections; `rdmasock run [--] CMD ARGS...` runs a program with the library preloaded;
+//! `rdmasock bench [ARGS...]` runs the benchmark harness (`rdmasock-bench`, built by
+//! `cargo build --release -p rdmasock-bench`, found next to this executable).
 
 use rdmasock_transport::config::Config;
 use rdmasock_transport::registry::Registry;
@@ -7,13 +9,14 @@ use rdmasock_transport::stats;
 use std::os::unix::process::CommandExt;
 use std::process::{exit, Command};
 
-const USAGE: &str = "usage: rdmasock stat [--json]\n       rdmasock run [--] CMD [ARGS...]\n";
+const USAGE: &str = "usage: rdmasock stat [--json]\n       rdmasock run [--] CMD [ARGS...]\n       rdmasock bench [--quick] [ARGS...]   (rdmasock bench --help)\n";
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     match args.first().map(String::as_str) {
         Some("stat") => stat(args[1..].iter().any(|a| a == "--json")),
         Some("run") => run(&args[1..]),
+        Some("bench") => bench(&args[1..]),
         Some("-h") | Some("--help") => print!("{USAGE}"),
         _ => {
             eprint!("{USAGE}");
@@ -98,5 +101,21 @@ fn run(args: &[String]) {
     };
     let err = Command::new(cmd).args(&args[1..]).env("LD_PRELOAD", preload).exec();
     eprintln!("rdmasock: cannot run {cmd}: {err}");
+    exit(127);
+}
+
+/// Execs `rdmasock-bench` from the directory of this executable with the remaining args.
+fn bench(args: &[String]) {
+    let exe = std::env::current_exe().unwrap_or_default();
+    let prog = exe.with_file_name("rdmasock-bench");
+    if !prog.is_file() {
+        eprintln!(
+            "rdmasock: {} not found: build it with `cargo build --release -p rdmasock-bench`",
+            prog.display()
+        );
+        exit(127);
+    }
+    let err = Command::new(&prog).args(args).exec();
+    eprintln!("rdmasock: cannot run {}: {err}", prog.display());
     exit(127);
 }
