@@ -1,0 +1,78 @@
+//! fork, exec and nested epoll, as whole programs: each Python script (run with Debian's
+//! /usr/bin/python3) prints what it observed; under the shim (both ends, fabric) it must
+//! print exactly what it prints without it, and the log must show the fabric was used.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+fn script(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("py").join(name)
+}
+
+fn target_dir() -> PathBuf {
+    // CARGO_TARGET_TMPDIR is <target>/tmp.
+    PathBuf::from(env!("CARGO_TARGET_TMPDIR")).parent().unwrap().to_path_buf()
+}
+
+fn library() -> PathBuf {
+    let lib = target_dir().join("release/librdmasock.so");
+    if !lib.exists() {
+        let st = Command::new(env!("CARGO"))
+            .args(["build", "--release", "-q", "-p", "rdmasock", "--target-dir"])
+            .arg(target_dir())
+            .status()
+            .unwrap();
+        assert!(st.success(), "building the shim failed");
+    }
+    lib
+}
+
+/// Run `name` with `args` plain and under the shim; compare stdout; return the shim run's
+/// stderr (the shim's log).
+fn compare(name: &str, args: &[&str]) -> String {
+    let run = |shim: bool| {
+        let dir = tempdir();
+        let mut cmd = Command::new("timeout");
+        cmd.args(["60", "/usr/bin/python3"]).arg(script(name)).args(args).env("RDMASOCK_DIR", &dir).env_remove("LD_PRELOAD");
+        if shim {
+            cmd.env("LD_PRELOAD", library()).env("RDMASOCK_LOG", "info");
+        }
+        let out = cmd.output().unwrap();
+        assert!(out.status.success(), "{name} {args:?} (shim: {shim}) failed: {}", String::from_utf8_lossy(&out.stderr));
+        let _ = std::fs::remove_dir_all(&dir);
+        (String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+    };
+    let (plain, _) = run(false);
+    let (shim, log) = run(true);
+    assert_eq!(plain, shim, "{name}: the shim changed what the program observed");
+    assert!(log.contains("path=shm"), "{name}: no fabric connection was made:\n{log}");
+    log
+}
+
+fn tempdir() -> PathBuf {
+    let n = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
+    let d = std::env::temp_dir().join(format!("rdmasock-proc-{}-{n}", std::process::id()));
+    std::fs::create_dir(&d).unwrap();
+    std::fs::set_permissions(&d, std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
+    d
+}
+
+#[test]
+fn fork_parent_and_child_write_in_turn() {
+    compare("fork_both_write.py", &[]);
+}
+
+#[test]
+fn exec_into_a_program_without_the_shim() {
+    compare("exec_keeps_stream.py", &["plain"]);
+}
+
+#[test]
+fn exec_into_a_program_with_the_shim() {
+    compare("exec_keeps_stream.py", &["shim"]);
+}
+
+#[test]
+fn nested_epoll_and_select_on_an_epoll_fd() {
+    compare("nested_epoll.py", &[]);
+}
