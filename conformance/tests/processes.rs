@@ -76,3 +76,13 @@ fn exec_into_a_program_with_the_shim() {
 fn nested_epoll_and_select_on_an_epoll_fd() {
     compare("nested_epoll.py", &[]);
 }
+
+#[test]
+fn scm_rights_pass_and_close() {
+    compare("pass_fd.py", &["close"]);
+}
+
+#[test]
+fn scm_rights_pass_and_keep_writing() {
+    compare("pass_fd.py", &["keep"]);
+}

@@ -475,7 +475,41 @@ pub unsafe fn sendto(fd: c_int, buf: *const c_void, len: size_t, flags: c_int, a
     send_common(fd, || Ok(one(buf, len).to_vec()), flags, || (real().sendto)(fd, buf, len, flags, addr, alen))
 }
 
+/// Fabric sockets about to be passed to another process (SCM_RIGHTS) leave the ring
+/// first: the receiving process sees the kernel socket only, so both ends go back to
+/// kernel TCP, without losing a byte.
+unsafe fn leave_passed_fds(msg: &msghdr) {
+    if msg.msg_control.is_null() || (msg.msg_controllen as usize) < std::mem::size_of::<libc::cmsghdr>() {
+        return;
+    }
+    let mut c = libc::CMSG_FIRSTHDR(msg);
+    while !c.is_null() {
+        let h = &*c;
+        if h.cmsg_level == libc::SOL_SOCKET && h.cmsg_type == libc::SCM_RIGHTS {
+            let data = libc::CMSG_DATA(c) as *const c_int;
+            let n = (h.cmsg_len as usize).saturating_sub(libc::CMSG_LEN(0) as usize) / std::mem::size_of::<c_int>();
+            for i in 0..n {
+                let pfd = std::ptr::read_unaligned(data.add(i));
+                if DATA.get(pfd) {
+                    if let Some(Entry::Conn(conn)) = table::get(pfd) {
+                        if let Some(Some(s)) = conn.decided.get() {
+                            s.leave();
+                        }
+                    }
+                }
+            }
+        }
+        c = libc::CMSG_NXTHDR(msg, c);
+    }
+}
+
 pub unsafe fn sendmsg(fd: c_int, msg: *const msghdr, flags: c_int) -> ssize_t {
+    if !msg.is_null() && (*msg).msg_controllen > 0 && !reentered() {
+        boundary(0, || {
+            leave_passed_fds(&*msg);
+            Ok(0)
+        });
+    }
     if !DATA.get(fd) || reentered() || msg.is_null() {
         return (real().sendmsg)(fd, msg, flags);
     }

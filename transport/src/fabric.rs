@@ -192,6 +192,9 @@ pub trait Stream: Send + Sync {
     /// The peer has left the ring (the connection is moving, or has moved, back to
     /// kernel TCP).
     fn peer_gone(&self) -> bool;
+    /// Leave the ring for good, from our side (our socket is being passed to another
+    /// process, which will know nothing of the ring): both ends continue on kernel TCP.
+    fn leave(&self);
 
     // --- shutdown ---
     fn shutdown(&self, how: Shutdown);

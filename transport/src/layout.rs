@@ -70,6 +70,16 @@ pub struct SideCtl {
     /// replaced.
     pub tx_lock: AtomicU32,
     pub rx_lock: AtomicU32,
+    /// `side::*` bits, set by the owning side (Release); read by the peer (Acquire).
+    pub flags: AtomicU32,
+}
+
+/// Bits of [`SideCtl::flags`].
+pub mod side {
+    /// The side left the ring (its socket was passed to another process): from its
+    /// last published indices on, the connection is kernel TCP's, as when its doorbell
+    /// hangs up.
+    pub const LEFT: u32 = 1;
 }
 
 /// The producer's line of one direction.

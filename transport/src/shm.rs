@@ -40,6 +40,9 @@ mod local {
     pub const MOVED: u32 = 16;
     /// The peer broke the protocol (an impossible index); treated as a reset.
     pub const BROKEN: u32 = 64;
+    /// We left the ring (our socket was passed on): every call is the kernel socket's,
+    /// and the peer re-sends what we had not consumed.
+    pub const LEFT: u32 = 128;
 }
 
 /// How often a writer that never blocks checks that its peer still exists.
@@ -162,9 +165,14 @@ impl ShmStream {
         StreamError::Reset
     }
 
-    /// Is the doorbell hung up? (one poll(2) with zero timeout)
+    /// Is the doorbell hung up, or has the peer left the ring? (one poll(2), zero
+    /// timeout)
     fn probe_gone(&self) -> bool {
         if self.has(local::PEER_GONE) {
+            return true;
+        }
+        if self.peer().flags.load(Ordering::Acquire) & layout::side::LEFT != 0 {
+            self.ring_gone();
             return true;
         }
         let mut p = [libc::pollfd { fd: self.bell_rx.as_raw_fd(), events: 0, revents: 0 }];
@@ -320,6 +328,9 @@ impl Stream for ShmStream {
     }
 
     fn dequeue(&self, bufs: &mut [IoSliceMut<'_>], peek: bool) -> Result<usize, StreamError> {
+        if self.has(local::LEFT) {
+            return Err(StreamError::Moved);
+        }
         loop {
             let n = {
                 let _x = self.xl_rx();
@@ -341,6 +352,9 @@ impl Stream for ShmStream {
     }
 
     fn dequeue_into(&self, drain: &mut dyn FnMut(*const u8, usize) -> io::Result<usize>) -> Result<usize, StreamError> {
+        if self.has(local::LEFT) {
+            return Err(StreamError::Moved);
+        }
         loop {
             let x = self.xl_rx();
             let mut rx = self.view_rx();
@@ -378,6 +392,9 @@ impl Stream for ShmStream {
     }
 
     fn has_data(&self) -> bool {
+        if self.has(local::LEFT) || self.peer().flags.load(Ordering::Relaxed) & layout::side::LEFT != 0 {
+            return true;
+        }
         match self.rx_avail() {
             Ok(0) => {}
             _ => return true,
@@ -394,6 +411,9 @@ impl Stream for ShmStream {
     }
 
     fn poll_events(&self) -> i16 {
+        if !self.has(local::PEER_GONE) && self.peer().flags.load(Ordering::Relaxed) & layout::side::LEFT != 0 {
+            self.ring_gone();
+        }
         // As Linux tcp_poll: RCV_SHUTDOWN gives IN|RDHUP, both shut gives HUP, a send
         // side that is shut never blocks (OUT), a pending error gives ERR.
         let f = self.flags.load(Ordering::Acquire);
@@ -503,7 +523,25 @@ impl Stream for ShmStream {
     }
 
     fn moved(&self) -> bool {
-        self.has(local::MOVED) && !self.has(local::BROKEN) && matches!(self.rx_avail(), Ok(0))
+        self.has(local::LEFT) || (self.has(local::MOVED) && !self.has(local::BROKEN) && matches!(self.rx_avail(), Ok(0)))
+    }
+
+    fn leave(&self) {
+        if self.has(local::LEFT) || self.has(local::PEER_GONE) {
+            return;
+        }
+        {
+            // No write or read of ours is half done while we go.
+            let _xt = self.xl_tx();
+            let _t = self.view_tx();
+            let _xr = self.xl_rx();
+            let _r = self.view_rx();
+            self.flags.fetch_or(local::LEFT | local::MOVED, Ordering::AcqRel);
+            self.me().flags.fetch_or(layout::side::LEFT, Ordering::Release);
+        }
+        // Wake the peer wherever it waits: it moves back to TCP, re-sending what we had
+        // not read.
+        let _ = sys::write(self.bell_tx.as_raw_fd(), &[1]);
     }
 
     fn probe(&self) {
