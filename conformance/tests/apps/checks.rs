@@ -82,7 +82,11 @@ pub fn sha256(path: &Path) -> String {
         .arg(path)
         .output()
         .unwrap_or_else(|e| panic!("cannot run sha256sum: {e}"));
-    assert!(out.status.success(), "sha256sum {}: {out:?}", path.display());
+    assert!(
+        out.status.success(),
+        "sha256sum {}: {out:?}",
+        path.display()
+    );
     String::from_utf8_lossy(&out.stdout)
         .split_whitespace()
         .next()
@@ -137,7 +141,8 @@ pub fn wrk(_: &Ctx, f: &Finished) {
         .lines()
         .find_map(|l| {
             let (n, rest) = l.trim().split_once(' ')?;
-            rest.starts_with("requests in").then(|| n.parse::<u64>().ok())?
+            rest.starts_with("requests in")
+                .then(|| n.parse::<u64>().ok())?
         })
         .unwrap_or_else(|| panic!("no \"N requests in\" line from wrk: {}", f.describe()));
     require(f, "some requests", requests > 0);
@@ -173,7 +178,9 @@ pub fn sockperf_latency(_: &Ctx, f: &Finished) {
     require(
         f,
         "no dropped, duplicated or out-of-order message",
-        out.contains("# dropped messages = 0; # duplicated messages = 0; # out-of-order messages = 0"),
+        out.contains(
+            "# dropped messages = 0; # duplicated messages = 0; # out-of-order messages = 0",
+        ),
     );
     let received = out
         .lines()
@@ -193,7 +200,11 @@ pub fn sockperf_throughput(_: &Ctx, f: &Finished) {
         .unwrap_or_else(|| panic!("no message rate from sockperf: {}", f.describe()));
     let bw = number_after(&out, "Summary: BandWidth is")
         .unwrap_or_else(|| panic!("no bandwidth from sockperf: {}", f.describe()));
-    require(f, "a positive message rate and bandwidth", rate > 0.0 && bw > 0.0);
+    require(
+        f,
+        "a positive message rate and bandwidth",
+        rate > 0.0 && bw > 0.0,
+    );
 }
 
 // --- iperf3 --------------------------------------------------------------------------
