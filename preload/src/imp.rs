@@ -903,7 +903,11 @@ pub unsafe fn shutdown(fd: c_int, how: c_int) -> c_int {
         };
         // A half-close cannot wait for "later": decide a pending client now (bounded by
         // its claim deadline), whatever the socket's blocking mode.
-        let stream = match conn_of(fd).map(|c| c.stream(fd, true)) {
+        // A socket the kernel is still connecting is the kernel's to shut down.
+        let stream = match conn_of(fd).map(|c| match c.stream(fd, false) {
+            Err(Undecided::Offered) => c.stream(fd, true),
+            r => r,
+        }) {
             Some(Ok(Some(s))) if !s.moved() => Some(s),
             _ => None,
         };
@@ -1045,25 +1049,28 @@ pub unsafe fn ioctl(fd: c_int, req: c_ulong, arg: *mut c_void) -> c_int {
 pub unsafe fn getsockopt(fd: c_int, level: c_int, name: c_int, val: *mut c_void, len: *mut socklen_t) -> c_int {
     // Every option lives on the kernel socket, which stays real and connected, except
     // a reset the fabric saw: as Linux, SO_ERROR reports it once.
-    if level == libc::SOL_SOCKET && name == libc::SO_ERROR && DATA.get(fd) && !val.is_null() && !len.is_null() && !reentered() {
-        if let Ok(Some((_, s))) = managed(fd, libc::MSG_DONTWAIT) {
-            if (*len as usize) >= std::mem::size_of::<c_int>() {
-                s.probe();
-                let ours = s.take_error();
-                if !ours && s.peer_gone() {
-                    // The kernel socket carries the connection's end now: its error is
-                    // the real one.
-                    return (real().getsockopt)(fd, level, name, val, len);
-                }
-                // While the ring carries the bytes, the kernel socket has no errors of
-                // its own worth reporting.
-                *(val as *mut c_int) = if ours { libc::ECONNRESET } else { 0 };
-                *len = std::mem::size_of::<c_int>() as socklen_t;
-                return 0;
-            }
-        }
+    let pass_through = || (real().getsockopt)(fd, level, name, val, len);
+    if level != libc::SOL_SOCKET || name != libc::SO_ERROR || !DATA.get(fd) || val.is_null() || len.is_null() || reentered() {
+        return pass_through();
     }
-    (real().getsockopt)(fd, level, name, val, len)
+    if (*len as usize) < std::mem::size_of::<c_int>() {
+        return pass_through();
+    }
+    boundary(-1, || {
+        let Ok(Some((_, s))) = managed(fd, libc::MSG_DONTWAIT) else { return pass(pass_through()) };
+        s.probe();
+        let ours = s.take_error();
+        if !ours && s.peer_gone() {
+            // The kernel socket carries the connection's end now: its error is the
+            // real one.
+            return pass(pass_through());
+        }
+        // While the ring carries the bytes, the kernel socket has no errors of its own
+        // worth reporting.
+        *(val as *mut c_int) = if ours { libc::ECONNRESET } else { 0 };
+        *len = std::mem::size_of::<c_int>() as socklen_t;
+        Ok(0)
+    })
 }
 
 pub unsafe fn setsockopt(fd: c_int, level: c_int, name: c_int, val: *const c_void, len: socklen_t) -> c_int {

@@ -165,6 +165,12 @@ pub fn poll_step(
             Role::Follower(_) => {}
         }
     }
+    // Streams shared with other processes cap the wait (a ring byte may be read there).
+    let cap = items.iter().filter_map(|it| it.stream.wait_cap()).min();
+    let timeout = match (timeout, cap) {
+        (Some(t), Some(c)) => Some(t.min(c)),
+        (t, c) => t.or(c),
+    };
     let ts = timeout.map(|t| libc::timespec { tv_sec: t.as_secs() as libc::time_t, tv_nsec: t.subsec_nanos() as libc::c_long });
     let res = sys::ppoll(&mut fds, ts.as_ref(), sigmask);
     for &(idx, at) in &led {

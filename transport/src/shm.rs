@@ -243,8 +243,10 @@ impl ShmStream {
             // SAFETY: plain shutdown(2) on our own reference to the socket.
             unsafe { libc::syscall(libc::SYS_shutdown, self.sock.as_raw_fd(), libc::SHUT_WR) };
         }
-        drop(tx);
+        // Set under the transmit lock: a writer that takes it after us sees MOVED and
+        // writes to the kernel socket, after the re-sent bytes.
         self.flags.fetch_or(local::MOVED, Ordering::AcqRel);
+        drop(tx);
     }
 
     fn periodic_liveness(&self) {
@@ -274,7 +276,11 @@ impl Stream for ShmStream {
         }
         let n = {
             let _x = self.xl_tx();
-            self.view_tx().write(bufs).map_err(|_| self.broken())?
+            let mut tx = self.view_tx();
+            if self.has(local::MOVED | local::LEFT) {
+                return Err(StreamError::Moved);
+            }
+            tx.write(bufs).map_err(|_| self.broken())?
         };
         if n == 0 {
             // Full: is anyone still reading?
@@ -295,7 +301,13 @@ impl Stream for ShmStream {
         // in this process, the side's lock across processes, and the consumer only ever
         // frees more space.
         let _x = self.xl_tx();
-        let runs = self.view_tx().free_runs().map_err(|_| self.broken())?;
+        let runs = {
+            let mut tx = self.view_tx();
+            if self.has(local::MOVED | local::LEFT) {
+                return Err(StreamError::Moved);
+            }
+            tx.free_runs().map_err(|_| self.broken())?
+        };
         if runs[0].1 == 0 {
             drop(_x);
             if self.probe_gone() {
@@ -392,7 +404,7 @@ impl Stream for ShmStream {
     }
 
     fn has_data(&self) -> bool {
-        if self.has(local::LEFT) || self.peer().flags.load(Ordering::Relaxed) & layout::side::LEFT != 0 {
+        if self.has(local::LEFT) || self.peer().flags.load(Ordering::Acquire) & layout::side::LEFT != 0 {
             return true;
         }
         match self.rx_avail() {
@@ -404,14 +416,16 @@ impl Stream for ShmStream {
     }
 
     fn has_space(&self) -> bool {
-        if self.flags.load(Ordering::Acquire) & (local::WR_SHUT | local::PEER_GONE | local::ERR_RESET | local::BROKEN) != 0 {
+        if self.flags.load(Ordering::Acquire) & (local::WR_SHUT | local::PEER_GONE | local::ERR_RESET | local::BROKEN | local::LEFT) != 0
+            || self.peer().flags.load(Ordering::Acquire) & layout::side::LEFT != 0
+        {
             return true;
         }
         !matches!(self.view_tx().free(), Ok(0))
     }
 
     fn poll_events(&self) -> i16 {
-        if !self.has(local::PEER_GONE) && self.peer().flags.load(Ordering::Relaxed) & layout::side::LEFT != 0 {
+        if !self.has(local::PEER_GONE) && self.peer().flags.load(Ordering::Acquire) & layout::side::LEFT != 0 {
             self.ring_gone();
         }
         // As Linux tcp_poll: RCV_SHUTDOWN gives IN|RDHUP, both shut gives HUP, a send
@@ -523,7 +537,9 @@ impl Stream for ShmStream {
     }
 
     fn moved(&self) -> bool {
-        self.has(local::LEFT) || (self.has(local::MOVED) && !self.has(local::BROKEN) && matches!(self.rx_avail(), Ok(0)))
+        // Not while a reset is owed: it is ours to report (the kernel saw only a FIN).
+        self.has(local::LEFT)
+            || (self.has(local::MOVED) && !self.has(local::BROKEN | local::ERR_RESET) && matches!(self.rx_avail(), Ok(0)))
     }
 
     fn leave(&self) {

@@ -244,8 +244,16 @@ pub fn block(bell: RawFd, role: Role, timeout: Option<Duration>) -> Woke {
 /// Returns true when the peer is gone.
 pub fn drain_after_poll(bell: RawFd, revents: i16) -> bool {
     if revents & libc::POLLIN != 0 {
-        let mut buf = [0u8; 64];
-        return matches!(sys::read(bell, &mut buf), Ok(0));
+        // Only what is there: another process sharing the pipe (after fork) may have
+        // emptied it since poll said so, and the read end blocks.
+        let mut held: libc::c_int = 0;
+        // SAFETY: FIONREAD writes one int.
+        let r = unsafe { libc::syscall(libc::SYS_ioctl, bell, libc::FIONREAD, &mut held as *mut libc::c_int) };
+        if r == 0 && held > 0 {
+            let mut buf = [0u8; 64];
+            let _ = sys::read(bell, &mut buf[..(held as usize).min(64)]);
+            return false;
+        }
     }
     revents & (libc::POLLHUP | libc::POLLERR) != 0
 }
