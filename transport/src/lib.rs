@@ -15,6 +15,7 @@ pub mod config;
 pub mod conn;
 pub mod diag;
 pub mod fabric;
+pub mod kmod;
 pub mod layout;
 pub mod registry;
 pub mod ring;
