@@ -13,7 +13,7 @@ use rdmasock_transport::addr::SockAddr;
 use rdmasock_transport::conn::{wait_stream, WaitEnd};
 use rdmasock_transport::config::LogLevel;
 use rdmasock_transport::diag;
-use rdmasock_transport::fabric::{Fabric, Reason, Shutdown, Stream, StreamError};
+use rdmasock_transport::fabric::{Reason, Shutdown, Stream, StreamError};
 use rdmasock_transport::layout::{wait, ListenerRepr, LISTENER_V6ONLY};
 use rdmasock_transport::stats::{ROLE_CLIENT, ROLE_SERVER};
 use rdmasock_transport::sys;

@@ -3,6 +3,8 @@
 //! the registry), except the settings, read before main.
 
 use rdmasock_transport::config::{Config, Forced};
+use rdmasock_transport::fabric::Fabric;
+use rdmasock_transport::kmod::Kmod;
 use rdmasock_transport::registry::Registry;
 use rdmasock_transport::shm::Shm;
 use rdmasock_transport::stats::Table;
@@ -12,7 +14,7 @@ use std::sync::{Arc, OnceLock};
 
 static CONFIG: OnceLock<Config> = OnceLock::new();
 static REGISTRY: OnceLock<Option<Arc<Registry>>> = OnceLock::new();
-static FABRIC: OnceLock<Option<Shm>> = OnceLock::new();
+static FABRIC: OnceLock<Option<Box<dyn Fabric>>> = OnceLock::new();
 static STATS: OnceLock<Option<Table>> = OnceLock::new();
 static POLICY: OnceLock<SpinPolicy> = OnceLock::new();
 
@@ -42,8 +44,29 @@ pub fn registry() -> Option<&'static Arc<Registry>> {
         .as_ref()
 }
 
-pub fn fabric() -> Option<&'static Shm> {
-    FABRIC.get_or_init(|| registry().map(|r| Shm::new(r.clone(), config().ring_size))).as_ref()
+/// The fabric this process offers and claims on, chosen once (ARCHITECTURE.md §3):
+/// kmod when the mailbox driver is there (or forced), else shm. Listeners are found
+/// through the registry either way.
+pub fn fabric() -> Option<&'static dyn Fabric> {
+    FABRIC
+        .get_or_init(|| {
+            let reg = registry()?;
+            let ring = config().ring_size;
+            let kmod = match config().transport {
+                Forced::Kmod => true,
+                Forced::Auto => Kmod::available(),
+                _ => false,
+            };
+            if kmod {
+                if !Kmod::available() {
+                    crate::log_at!(rdmasock_transport::config::LogLevel::Error, "RDMASOCK_TRANSPORT=kmod but /dev/rdmasock is not usable");
+                    return None;
+                }
+                return Some(Box::new(Kmod::new(ring)) as Box<dyn Fabric>);
+            }
+            Some(Box::new(Shm::new(reg.clone(), ring)) as Box<dyn Fabric>)
+        })
+        .as_deref()
 }
 
 pub fn stats() -> Option<&'static Table> {

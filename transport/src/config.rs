@@ -5,10 +5,12 @@ use std::time::Duration;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Forced {
-    /// Use the best fabric available (today: shm).
+    /// The best fabric available: kmod when /dev/rdmasock is there, shm otherwise.
     Auto,
-    /// Only the shm fabric (same as auto until other fabrics exist).
+    /// Only the shm fabric.
     Shm,
+    /// Only the kmod fabric (the mailbox driver); connections stay on TCP without it.
+    Kmod,
     /// Never upgrade: every connection stays on kernel TCP.
     Tcp,
 }
@@ -58,6 +60,7 @@ impl Config {
             transport: match get("RDMASOCK_TRANSPORT").as_deref().map(str::trim) {
                 Some("tcp") => Forced::Tcp,
                 Some("shm") => Forced::Shm,
+                Some("kmod") => Forced::Kmod,
                 _ => Forced::Auto,
             },
             spin: Duration::from_micros(num("RDMASOCK_SPIN_US", DEFAULT_SPIN_US).min(1_000_000)),
