@@ -86,3 +86,67 @@ fn scm_rights_pass_and_close() {
 fn scm_rights_pass_and_keep_writing() {
     compare("pass_fd.py", &["keep"]);
 }
+
+/// conformance/c/procsem.c, compiled as the other C programs are (-O2 -D_FORTIFY_SOURCE=2).
+fn procsem() -> PathBuf {
+    static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let out = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("procsem");
+            let src = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("c/procsem.c");
+            let st = Command::new("cc")
+                .args(["-O2", "-D_FORTIFY_SOURCE=2", "-Wall", "-Werror", "-pthread", "-o"])
+                .arg(&out)
+                .arg(&src)
+                .status()
+                .unwrap();
+            assert!(st.success(), "compiling procsem.c failed");
+            out
+        })
+        .clone()
+}
+
+/// Run `procsem CASE` plain and under the shim; the transcripts must be identical.
+fn compare_c(case: &str) {
+    let run = |shim: bool| {
+        let dir = tempdir();
+        let mut cmd = Command::new("timeout");
+        cmd.arg("30").arg(procsem()).arg(case).env("RDMASOCK_DIR", &dir).env_remove("LD_PRELOAD");
+        if shim {
+            cmd.env("LD_PRELOAD", library()).env("RDMASOCK_LOG", "info");
+        }
+        let out = cmd.output().unwrap();
+        assert!(out.status.success(), "procsem {case} (shim: {shim}) failed: {}", String::from_utf8_lossy(&out.stderr));
+        let _ = std::fs::remove_dir_all(&dir);
+        (String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+    };
+    let (plain, _) = run(false);
+    let (shim, log) = run(true);
+    assert_eq!(plain, shim, "procsem {case}: the shim changed what the program observed");
+    assert!(log.contains("path=shm"), "procsem {case}: no fabric connection was made:\n{log}");
+}
+
+#[test]
+fn signals_interrupt_and_restart_as_linux() {
+    compare_c("signals");
+}
+
+#[test]
+fn socket_options_as_linux() {
+    compare_c("sockopts");
+}
+
+#[test]
+fn dup_dup2_dup3_over_fabric_fds() {
+    compare_c("dups");
+}
+
+#[test]
+fn posix_spawn_child_writes_to_an_inherited_socket() {
+    compare_c("spawn");
+}
+
+#[test]
+fn vfork_child_writes_to_an_inherited_socket() {
+    compare_c("vfork");
+}

@@ -751,7 +751,7 @@ pub unsafe fn connect(fd: c_int, addr: *const sockaddr, len: socklen_t) -> c_int
     let pass_through = || (real().connect)(fd, addr, len);
     // A socket the shim already manages is connected or connecting: the kernel answers
     // a second connect (EISCONN, EALREADY), as it would without us.
-    if state::off() || reentered() || TRACKED.get(fd) {
+    if state::off() || reentered() || TRACKED.get(fd) || state::foreign() {
         return pass_through();
     }
     let Some(dst) = SockAddr::from_ptr(addr, len as usize) else {
@@ -839,7 +839,7 @@ unsafe fn on_accept(lfd: c_int, fd: c_int) {
 
 pub unsafe fn accept(fd: c_int, addr: *mut sockaddr, len: *mut socklen_t) -> c_int {
     let r = (real().accept)(fd, addr, len);
-    if r >= 0 && !reentered() {
+    if r >= 0 && !reentered() && !state::foreign() {
         boundary(0, || {
             on_accept(fd, r);
             Ok(0)
@@ -850,7 +850,7 @@ pub unsafe fn accept(fd: c_int, addr: *mut sockaddr, len: *mut socklen_t) -> c_i
 
 pub unsafe fn accept4(fd: c_int, addr: *mut sockaddr, len: *mut socklen_t, flags: c_int) -> c_int {
     let r = (real().accept4)(fd, addr, len, flags);
-    if r >= 0 && !reentered() {
+    if r >= 0 && !reentered() && !state::foreign() {
         boundary(0, || {
             on_accept(fd, r);
             Ok(0)
@@ -861,7 +861,7 @@ pub unsafe fn accept4(fd: c_int, addr: *mut sockaddr, len: *mut socklen_t, flags
 
 pub unsafe fn listen(fd: c_int, backlog: c_int) -> c_int {
     let r = (real().listen)(fd, backlog);
-    if r != 0 || !state::upgrades() || reentered() || TRACKED.get(fd) || !is_inet_stream(fd) {
+    if r != 0 || !state::upgrades() || reentered() || TRACKED.get(fd) || !is_inet_stream(fd) || state::foreign() {
         return r;
     }
     boundary(0, || {
@@ -929,7 +929,7 @@ pub unsafe fn close(fd: c_int) -> c_int {
         set_errno(libc::EBADF);
         return -1;
     }
-    if TRACKED.get(fd) {
+    if TRACKED.get(fd) && !state::foreign() {
         let e = table::remove(fd);
         let r = (real().close)(fd);
         let saved = errno();
@@ -945,7 +945,7 @@ pub unsafe fn close_range(first: c_uint, last: c_uint, flags: c_int) -> c_int {
         set_errno(libc::EINVAL); // as Linux
         return -1;
     }
-    if flags & (libc::CLOSE_RANGE_CLOEXEC as c_int) != 0 || reentered() {
+    if flags & (libc::CLOSE_RANGE_CLOEXEC as c_int) != 0 || reentered() || state::foreign() {
         return (real().close_range)(first, last, flags);
     }
     let mut dropped = Vec::new();
@@ -972,7 +972,7 @@ pub unsafe fn close_range(first: c_uint, last: c_uint, flags: c_int) -> c_int {
 }
 
 fn dup_track(old: c_int, new: c_int) {
-    if new >= 0 && TRACKED.get(old) {
+    if new >= 0 && TRACKED.get(old) && !state::foreign() {
         if let Some(e) = table::get(old) {
             table::insert(new, e);
         }
@@ -993,7 +993,7 @@ unsafe fn dup_onto(old: c_int, new: c_int, call: impl FnOnce() -> c_int) -> c_in
     }
     let r = call();
     let saved = errno();
-    if r >= 0 && old != new {
+    if r >= 0 && old != new && !state::foreign() {
         // `new` was closed by the kernel as part of the call; it now names `old`'s socket.
         let prior = table::remove(new);
         dup_track(old, r);

@@ -26,6 +26,7 @@ use rdmasock_transport::sys;
 extern "C" fn init() {
     hooks::real();
     state::config();
+    state::set_owner();
     sys::set_fd_observer(|fd, open| table::INTERNAL.set(fd, open));
     // SAFETY: registering plain extern "C" handlers.
     unsafe { libc::pthread_atfork(Some(fork_prepare), Some(fork_parent), Some(fork_child)) };
@@ -78,6 +79,7 @@ extern "C" fn fork_parent() {
 extern "C" fn fork_child() {
     // SAFETY: as fork_parent; the child has only this thread.
     unsafe { table::TABLE.force_unlock_write() };
+    state::set_owner();
     rdmasock_transport::wait::forget_thread_event();
     if let (Some(t), Some(reg)) = (state::stats_if_any(), state::registry()) {
         t.fork_child(reg);

@@ -18,6 +18,20 @@ static FABRIC: OnceLock<Option<Box<dyn Fabric>>> = OnceLock::new();
 static STATS: OnceLock<Option<Table>> = OnceLock::new();
 static POLICY: OnceLock<SpinPolicy> = OnceLock::new();
 
+/// The process whose memory this is (set before main and in a forked child). A vfork
+/// child runs in its parent's memory until it execs: what it does to its own fd table
+/// must not be written into the parent's bookkeeping.
+static OWNER: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+
+pub fn set_owner() {
+    OWNER.store(sys::getpid(), std::sync::atomic::Ordering::Relaxed);
+}
+
+/// Are we a vfork child borrowing our parent's memory? (one getpid system call)
+pub fn foreign() -> bool {
+    sys::getpid() != OWNER.load(std::sync::atomic::Ordering::Relaxed)
+}
+
 pub fn config() -> &'static Config {
     CONFIG.get_or_init(Config::from_env)
 }

@@ -1,0 +1,158 @@
+/* Process and signal semantics on one TCP connection, printed as observations; run
+ * plain and under the shim, the transcripts must be identical.
+ *   procsem CASE     (signals | sockopts | dups | spawn | vfork)
+ * Client and server live in this one process (listen, connect, accept). */
+#define _GNU_SOURCE
+#include <arpa/inet.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <pthread.h>
+#include <signal.h>
+#include <spawn.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+extern char **environ;
+static int lsn, cli, srv;
+
+static void die(const char *what) { perror(what); exit(2); }
+
+static void pair(void) {
+	struct sockaddr_in a = { .sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
+	socklen_t len = sizeof a;
+	if ((lsn = socket(AF_INET, SOCK_STREAM, 0)) < 0 || bind(lsn, (void *)&a, sizeof a) || listen(lsn, 8) ||
+	    getsockname(lsn, (void *)&a, &len))
+		die("listen");
+	if ((cli = socket(AF_INET, SOCK_STREAM, 0)) < 0 || connect(cli, (void *)&a, sizeof a)) die("connect");
+	if ((srv = accept(lsn, NULL, NULL)) < 0) die("accept");
+	/* First use decides the path on both ends. */
+	if (write(cli, "0", 1) != 1 || read(srv, (char[1]){0}, 1) != 1) die("first byte");
+}
+
+static const char *err(ssize_t r) { return r < 0 ? strerrorname_np(errno) : "ok"; }
+
+static void on_alarm(int sig) { (void)sig; }
+
+static void *late_writer(void *arg) {
+	usleep(300 * 1000); /* paces the data after the signal; not synchronisation */
+	if (write(*(int *)arg, "late", 4) != 4) die("late write");
+	return NULL;
+}
+
+static void signals(void) {
+	char b[16];
+	struct sigaction sa = { .sa_handler = on_alarm };
+	sigaction(SIGALRM, &sa, NULL); /* no SA_RESTART */
+	ualarm(100 * 1000, 0);
+	ssize_t r = recv(srv, b, sizeof b, 0);
+	printf("recv blocked, SIGALRM without SA_RESTART -> %zd %s\n", r, err(r));
+	sa.sa_flags = SA_RESTART;
+	sigaction(SIGALRM, &sa, NULL);
+	pthread_t t;
+	pthread_create(&t, NULL, late_writer, &cli);
+	ualarm(100 * 1000, 0);
+	r = recv(srv, b, sizeof b, 0);
+	printf("recv blocked, SIGALRM with SA_RESTART -> %zd bytes \"%.*s\"\n", r, r > 0 ? (int)r : 0, b);
+	pthread_join(t, NULL);
+	struct timeval tv = { 0, 100 * 1000 };
+	setsockopt(srv, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+	sa.sa_flags = SA_RESTART;
+	sigaction(SIGALRM, &sa, NULL);
+	ualarm(20 * 1000, 0);
+	r = recv(srv, b, sizeof b, 0);
+	printf("recv with SO_RCVTIMEO, SIGALRM with SA_RESTART -> %zd %s\n", r, err(r));
+}
+
+static void sockopts(void) {
+	int fds[3] = { lsn, cli, srv };
+	const char *names[3] = { "listener", "client", "server" };
+	for (int i = 0; i < 3; i++) {
+		int v, opts[4] = { SO_TYPE, SO_DOMAIN, SO_PROTOCOL, SO_ACCEPTCONN };
+		const char *on[4] = { "SO_TYPE", "SO_DOMAIN", "SO_PROTOCOL", "SO_ACCEPTCONN" };
+		for (int k = 0; k < 4; k++) {
+			socklen_t l = sizeof v;
+			int r = getsockopt(fds[i], SOL_SOCKET, opts[k], &v, &l);
+			printf("%s %s -> %d %s\n", names[i], on[k], r ? -1 : v, err(r));
+		}
+		struct tcp_info ti;
+		socklen_t l = sizeof ti;
+		int r = getsockopt(fds[i], IPPROTO_TCP, TCP_INFO, &ti, &l);
+		printf("%s TCP_INFO state -> %d %s\n", names[i], r ? -1 : ti.tcpi_state, err(r));
+		int e;
+		l = sizeof e;
+		r = getsockopt(fds[i], SOL_SOCKET, SO_ERROR, &e, &l);
+		printf("%s SO_ERROR -> %d %s\n", names[i], r ? -1 : e, err(r));
+	}
+}
+
+static void dups(void) {
+	char b[16];
+	int d = dup(cli);
+	int d2 = dup2(cli, 100);
+	int d3 = dup3(cli, 101, O_CLOEXEC);
+	printf("dup/dup2/dup3 -> %s %d %d\n", d >= 0 ? "ok" : "fail", d2, d3);
+	ssize_t w = write(d2, "A", 1) + write(d3, "B", 1) + write(d, "C", 1);
+	close(cli);
+	w += write(d, "D", 1);
+	ssize_t r = recv(srv, b, 4, MSG_WAITALL);
+	printf("writes through dups -> %zd, server got \"%.*s\"\n", w, (int)(r > 0 ? r : 0), b);
+	/* dup2 over a fabric fd: the old connection closes there, the number takes the new. */
+	int other = socket(AF_INET, SOCK_STREAM, 0);
+	int r2 = dup2(other, d2);
+	printf("dup2 of a fresh socket over a fabric fd -> %d; write on it -> %s\n", r2, err(write(d2, "x", 1)));
+	close(d); close(d3); close(d2); close(other);
+	r = recv(srv, b, sizeof b, 0);
+	printf("server recv after every client fd closed -> %zd %s\n", r, err(r));
+}
+
+static void spawn(void) {
+	char b[64] = { 0 };
+	posix_spawn_file_actions_t fa;
+	posix_spawn_file_actions_init(&fa);
+	posix_spawn_file_actions_adddup2(&fa, cli, 1);
+	char *argv[] = { "echo", "spawned child wrote this", NULL };
+	pid_t pid;
+	int r = posix_spawn(&pid, "/bin/echo", &fa, NULL, argv, environ);
+	printf("posix_spawn -> %d\n", r);
+	waitpid(pid, NULL, 0);
+	close(cli); /* the child's copy went with it: the parent lets go too */
+	size_t got = 0;
+	ssize_t n;
+	while ((n = recv(srv, b + got, sizeof b - 1 - got, 0)) > 0) got += n;
+	printf("server got \"%s\" then %zd\n", b, n);
+}
+
+static void vforked(void) {
+	char b[64] = { 0 };
+	pid_t pid = vfork();
+	if (pid == 0) {
+		dup2(cli, 1);
+		execl("/bin/echo", "echo", "vforked child wrote this", (char *)NULL);
+		_exit(127);
+	}
+	waitpid(pid, NULL, 0);
+	close(cli);
+	size_t got = 0;
+	ssize_t n;
+	while ((n = recv(srv, b + got, sizeof b - 1 - got, 0)) > 0) got += n;
+	printf("server got \"%s\" then %zd\n", b, n);
+}
+
+int main(int argc, char **argv) {
+	if (argc != 2) return 2;
+	setvbuf(stdout, NULL, _IOLBF, 0);
+	pair();
+	if (!strcmp(argv[1], "signals")) signals();
+	else if (!strcmp(argv[1], "sockopts")) sockopts();
+	else if (!strcmp(argv[1], "dups")) dups();
+	else if (!strcmp(argv[1], "spawn")) spawn();
+	else if (!strcmp(argv[1], "vfork")) vforked();
+	else return 2;
+	return 0;
+}
