@@ -105,7 +105,7 @@ static void dups(void) {
 	/* dup2 over a fabric fd: the old connection closes there, the number takes the new. */
 	int other = socket(AF_INET, SOCK_STREAM, 0);
 	int r2 = dup2(other, d2);
-	printf("dup2 of a fresh socket over a fabric fd -> %d; write on it -> %s\n", r2, err(write(d2, "x", 1)));
+	printf("dup2 of a fresh socket over a fabric fd -> %d; send on it -> %s\n", r2, err(send(d2, "x", 1, MSG_NOSIGNAL)));
 	close(d); close(d3); close(d2); close(other);
 	r = recv(srv, b, sizeof b, 0);
 	printf("server recv after every client fd closed -> %zd %s\n", r, err(r));

@@ -18,7 +18,7 @@ import re
 import sys
 import xml.etree.ElementTree as ET
 
-ID = r"(test\.[A-Za-z0-9_.]+)"
+ID = r"([A-Za-z_]\w*(?:\.\w+)+)"
 # "test_x (test.mod.Class.test_x) ... ok", possibly with a docstring line in between.
 LINE = re.compile(r"^(\w+) \(" + ID + r"\)(?:\n[^\n]*?)? \.\.\. ?(.*)$", re.M)
 HEADER = re.compile(r"^(FAIL|ERROR|UNEXPECTED SUCCESS): (\w+) \(" + ID + r"\)(.*)$", re.M)
@@ -98,7 +98,12 @@ def read_meta(base):
                 m = re.search(r"reason=(\S+)", line)
                 r = m.group(1) if m else "?"
                 reasons[r] = reasons.get(r, 0) + 1
-    meta.update(shm=shm, tcp=tcp, tcp_reasons=reasons)
+    left = 0
+    for a in meta["attempts"]:
+        lf = a["stdout"][:-len(".out")] + ".leftover"
+        if os.path.exists(lf):
+            left += sum(1 for l in open(lf) if l.strip())
+    meta.update(shm=shm, tcp=tcp, tcp_reasons=reasons, leftover=left)
     return meta
 
 
@@ -113,7 +118,7 @@ def hang_trace(stderr_path, limit=40):
     out = []
     for l in lines:
         if "/unittest/" in l or "/libregrtest/" in l or "<frozen runpy>" in l \
-                or "/test/support/__init__.py" in l:
+                or "/test/support/__init__.py" in l or "/test/__main__.py" in l:
             continue
         out.append(l)
     return "\n".join(out[:limit])
@@ -233,6 +238,8 @@ def report(outdir):
             meta = r["meta"]
             if meta.get("hangs"):
                 note.append(f"{m} hung: {', '.join(meta['hangs'])}")
+            if meta.get("leftover"):
+                note.append(f"{m}: {meta['leftover']} registry entries left after `rdmasock stat`")
             if not meta.get("completed"):
                 note.append(f"{m} run did not complete (rc {meta.get('rc')})")
         reasons = q["meta"].get("tcp_reasons", {})

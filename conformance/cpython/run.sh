@@ -27,6 +27,7 @@
 #                   (test_sock_lowlevel test_streams test_events test_sendfile test_server)
 #   CPY_TIMEOUT_SCALE  multiply every suite's time limit (default 1)
 #   CPY_MAX_HANGS   hung tests skipped per suite run before giving up (default 3)
+#   CPY_REGRTEST_ARGS  extra arguments for every `python -m test` run (e.g. `-m PATTERN`)
 #   CPY_NO_BUILD=1  do not run `cargo build --release -p rdmasock` first
 #   CPY_MODES       `plain shim` (default); one mode only re-runs that side (the report
 #                   then uses what CPY_OUT already holds for the other)
@@ -133,7 +134,7 @@ run_suite() {
         # backstop for a process that no longer runs Python at all.
         (cd "$OUT/work" && env -u LD_PRELOAD $(env | sed -n 's/^\(RDMASOCK_[A-Z_]*\)=.*/-u \1/p') \
             "${envs[@]}" timeout -k 10 $((limit + 30)) "$PY" -m test -v --timeout "$limit" \
-            --junit-xml "$base.$n.xml" "$name" "$@" "${ignores[@]}" \
+            --junit-xml "$base.$n.xml" "$name" "$@" ${CPY_REGRTEST_ARGS:-} "${ignores[@]}" \
             </dev/null >"$base.$n.out" 2>"$base.$n.err")
         rc=$?
         hung=-
