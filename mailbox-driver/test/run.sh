@@ -134,6 +134,19 @@ cp /bin/busybox "$ir/bin/busybox"
 cp "$here/init" "$ir/init"
 chmod 755 "$ir/init"
 cp "$ko" "$ir/rdmasock.ko"
+# sock_diag for TCP (the shim's accept asks it who the peer is): modules in Debian's kernel
+for m in inet_diag tcp_diag; do
+    f=$(ls "/lib/modules/$kver/kernel/net/ipv4/$m.ko"* 2>/dev/null | head -n 1)
+    case "$f" in
+    *.ko) cp "$f" "$ir/$m.ko" ;;
+    *.ko.xz) xz -dc "$f" >"$ir/$m.ko" ;;
+    *.ko.zst) zstd -qdc "$f" >"$ir/$m.ko" ;;
+    *)
+        log "no $m module for $kver"
+        exit 1
+        ;;
+    esac
+done
 cp "$out/kmod_test" "$ir/kmod_test"
 cp "$rust_bin" "$ir/kmod-rust"
 mkdir -p "$ir/shim"

@@ -36,7 +36,7 @@ pub mod uapi;
 use crate::fabric::{Caps, Fabric, Offer, Reason, Shutdown, Stream, StreamError};
 use crate::layout::wait;
 use crate::sys::{self, Fd};
-use crate::wait::{fd_floor, hide_fd, Approach, LocalBell, SpinPolicy};
+use crate::wait::{hide_fd, Approach, LocalBell, SpinPolicy};
 use parking_lot::Mutex;
 use std::io::{self, IoSlice, IoSliceMut};
 use std::os::fd::{AsRawFd, RawFd};
@@ -1098,13 +1098,13 @@ impl Fabric for Kmod {
     fn offer(&self, sock: RawFd) -> io::Result<Box<dyn Offer>> {
         let ep = Endpoint::open(self.ring)?;
         uapi::offer(ep.fd(), sock)?;
-        let sock = sys::owned(sys::dup_min(sock, fd_floor())?);
+        let sock = crate::wait::hidden_dup(sock)?;
         Ok(Box::new(KmodOffer { ep: Some(ep), sock: Some(sock), ring: self.ring }))
     }
 
     fn claim(&self, peer_inode: u64, sock: RawFd) -> Result<Arc<dyn Stream>, Reason> {
         let ep = Endpoint::open(self.ring).map_err(|_| Reason::ClaimFailed)?;
-        let dup = sys::dup_min(sock, fd_floor()).map(sys::owned).map_err(|_| Reason::ClaimFailed)?;
+        let dup = crate::wait::hidden_dup(sock).map_err(|_| Reason::ClaimFailed)?;
         match uapi::accept(ep.fd(), sock, 0, peer_inode) {
             Ok(_) => {}
             Err(e) => {

@@ -72,7 +72,8 @@ impl Registry {
     /// Write `bytes` as record `name`, locked shared, atomically visible.
     fn publish(&self, name: &str, bytes: &[u8]) -> io::Result<Held> {
         let tmp = format!("{}/.t-{}-{:x}", self.dir, sys::getpid(), sys::random_u64());
-        let fd = sys::open(&tmp, libc::O_RDWR | libc::O_CREAT | libc::O_EXCL, 0o600)?;
+        // Kept open for the record's life: out of the application's fd range.
+        let fd = crate::wait::hide_fd(sys::open(&tmp, libc::O_RDWR | libc::O_CREAT | libc::O_EXCL, 0o600)?);
         let done = (|| {
             sys::flock(&fd, libc::LOCK_SH)?;
             sys::pwrite_all(&fd, bytes, 0)?;

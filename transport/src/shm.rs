@@ -786,7 +786,7 @@ impl Fabric for Shm {
 
     fn offer(&self, sock: RawFd) -> io::Result<Box<dyn Offer>> {
         let sock_inode = sys::fstat(sock)?.st_ino;
-        let sock = sys::owned(sys::dup_min(sock, crate::wait::fd_floor())?);
+        let sock = crate::wait::hidden_dup(sock)?;
         let len = layout::segment_len(self.ring);
         let mfd = memfd::MemfdOptions::default()
             .close_on_exec(true)
@@ -876,7 +876,7 @@ impl Fabric for Shm {
 /// Open and check everything an offer names, then claim it.
 fn claim_offer(rec: &layout::OfferRepr, sock: RawFd) -> Result<Arc<dyn Stream>, Reason> {
     let fail = |_| Reason::ClaimFailed;
-    let sock = sys::owned(sys::dup_min(sock, crate::wait::fd_floor()).map_err(fail)?);
+    let sock = crate::wait::hidden_dup(sock).map_err(fail)?;
     let seg = sys::open(&proc_fd(rec.pid, rec.seg_fd), libc::O_RDWR, 0).map_err(fail)?;
     let st = sys::fstat(seg.as_raw_fd()).map_err(fail)?;
     let len = layout::segment_len(rec.ring_size);

@@ -98,6 +98,7 @@ impl Drop for Fd {
             f(self.0, false);
         }
         let _ = close(self.0);
+        crate::wait::hidden_fd_closed(self.0);
     }
 }
 

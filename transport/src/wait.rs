@@ -37,13 +37,55 @@ pub fn fd_floor() -> RawFd {
     })
 }
 
-/// Move an internal fd above the floor (close-on-exec). If there is no room there, keep
-/// it where it is: correctness does not depend on the number.
+/// Where the search for a free high fd starts: the base of the highest 64-fd window
+/// that may have room. Lowered when a window is full, raised when a hidden fd closes.
+static HIDE_HINT: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(i32::MAX);
+
+const HIDE_WINDOW: RawFd = 64;
+
+/// Move an internal fd to the top of the fd space (close-on-exec): the highest free
+/// window below RLIMIT_NOFILE, searched downwards, never below [`fd_floor`]. Programs
+/// get fds from the bottom (lowest free number) and test suites probe "unused" numbers
+/// in the middle; the top is where programs least expect anything (as bash keeps its own
+/// fds there). If there is no room, keep the fd where it is: correctness does not
+/// depend on the number.
 pub fn hide_fd(fd: Fd) -> Fd {
-    match sys::dup_min(fd.as_raw_fd(), fd_floor()) {
-        Ok(high) => sys::owned(high),
-        Err(_) => fd,
+    match dup_high(fd.as_raw_fd()) {
+        Some(high) => sys::owned(high),
+        None => fd,
     }
+}
+
+/// A close-on-exec duplicate of `fd` at the top of the fd space (see [`hide_fd`]);
+/// anywhere if the top is full.
+pub fn hidden_dup(fd: RawFd) -> io::Result<Fd> {
+    match dup_high(fd) {
+        Some(high) => Ok(sys::owned(high)),
+        None => sys::dup_min(fd, 0).map(sys::owned),
+    }
+}
+
+fn dup_high(fd: RawFd) -> Option<RawFd> {
+    use std::sync::atomic::Ordering;
+    let top = sys::nofile_limit().min(1 << 20) as RawFd;
+    let mut base = HIDE_HINT.load(Ordering::Relaxed).min(top - HIDE_WINDOW).max(fd_floor());
+    loop {
+        match sys::dup_min(fd, base) {
+            Ok(high) => {
+                HIDE_HINT.store(base, Ordering::Relaxed);
+                return Some(high);
+            }
+            Err(_) if base > fd_floor() => base = (base - HIDE_WINDOW).max(fd_floor()),
+            Err(_) => return None,
+        }
+    }
+}
+
+/// A hidden fd closed: its window has room again.
+pub fn hidden_fd_closed(fd: RawFd) {
+    use std::sync::atomic::Ordering;
+    let w = fd - fd % HIDE_WINDOW;
+    HIDE_HINT.fetch_max(w, Ordering::Relaxed);
 }
 
 thread_local! {
