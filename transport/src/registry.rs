@@ -22,6 +22,12 @@ use crate::sys::Fd;
 pub struct Registry {
     dir: String,
     netns: u64,
+    /// The live listeners of our namespace (record name and content) as of the
+    /// directory's modification time: every connect asks, and a scan of the directory
+    /// costs far more than a stat. A new record changes the time, so a cached answer is
+    /// never short of a listener; a cached listener for the port asked about is checked
+    /// to be alive before it is believed.
+    listeners_seen: parking_lot::Mutex<Option<((i64, i64), Vec<(String, ListenerRepr)>)>>,
 }
 
 /// A record this process owns (holds locked). Give it up with [`Registry::release`]
@@ -62,7 +68,7 @@ impl Registry {
         if !private || st.st_uid != sys::getuid() {
             return Err(io::Error::from_raw_os_error(libc::EPERM));
         }
-        Ok(Registry { dir: dir.to_string(), netns: sys::netns_id() })
+        Ok(Registry { dir: dir.to_string(), netns: sys::netns_id(), listeners_seen: parking_lot::Mutex::new(None) })
     }
 
     pub fn dir(&self) -> &str {
@@ -94,7 +100,31 @@ impl Registry {
     /// Live listeners registered for `port` in our network namespace. Dead ones found on
     /// the way are removed.
     pub fn listeners(&self, port: u16) -> Vec<ListenerRepr> {
-        let prefix = format!("l-{}-{}-", self.netns, port);
+        let stamp = |st: libc::stat| (st.st_mtime, st.st_mtime_nsec);
+        let Ok(before) = sys::lstat(&self.dir).map(stamp) else { return Vec::new() };
+        let cached: Option<Vec<(String, ListenerRepr)>> = match self.listeners_seen.lock().as_ref() {
+            Some((seen, list)) if *seen == before => Some(list.iter().filter(|(_, l)| l.port == port).cloned().collect()),
+            _ => None,
+        };
+        if let Some(hits) = cached {
+            let alive = hits.iter().all(|(name, _)| {
+                let path = format!("{}/{}", self.dir, name);
+                sys::open(&path, libc::O_RDONLY, 0).is_ok_and(|fd| !self.reap_if_dead(&path, &fd))
+            });
+            if alive {
+                return hits.into_iter().map(|(_, l)| l).collect();
+            }
+        }
+        let all = self.scan_listeners();
+        // The scan may have reaped dead records, which changes the time: stamp after.
+        if let Ok(after) = sys::lstat(&self.dir).map(stamp) {
+            *self.listeners_seen.lock() = Some((after, all.clone()));
+        }
+        all.into_iter().filter(|(_, l)| l.port == port).map(|(_, l)| l).collect()
+    }
+
+    fn scan_listeners(&self) -> Vec<(String, ListenerRepr)> {
+        let prefix = format!("l-{}-", self.netns);
         let mut out = Vec::new();
         for name in self.names() {
             if !name.starts_with(&prefix) {
@@ -108,7 +138,7 @@ impl Registry {
             let mut b = [0u8; LISTENER_LEN];
             if sys::pread_exact(&fd, &mut b, 0).is_ok() {
                 if let Ok(r) = ListenerRecord::new_checked(&b[..]) {
-                    out.push(r.parse());
+                    out.push((name, r.parse()));
                 }
             }
         }
