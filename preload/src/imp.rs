@@ -833,6 +833,9 @@ unsafe fn on_accept(lfd: c_int, fd: c_int) {
             (Err(_), _) => (None, Reason::PeerNotShim),
         }
     };
+    if let Some(s) = &stream {
+        apply_buffers(fd, &**s);
+    }
     log_decision("accept", fd, Some(local), Some(peer), stream.is_some(), reason);
     table::insert(fd, Entry::Conn(Arc::new(Conn::decided(ROLE_SERVER, fd, Some(local), Some(peer), stream, reason))));
 }
@@ -1075,8 +1078,38 @@ pub unsafe fn getsockopt(fd: c_int, level: c_int, name: c_int, val: *mut c_void,
 
 pub unsafe fn setsockopt(fd: c_int, level: c_int, name: c_int, val: *const c_void, len: socklen_t) -> c_int {
     // Timeouts, linger, TCP_NODELAY/TCP_CORK and buffer sizes are kept by the kernel
-    // socket; the fabric path reads the timeouts from it when it must block.
-    (real().setsockopt)(fd, level, name, val, len)
+    // socket; the fabric path reads the timeouts from it when it must block, and the
+    // buffer sizes bound the ring (as they bound TCP's bytes in flight).
+    let r = (real().setsockopt)(fd, level, name, val, len);
+    if r == 0 && level == libc::SOL_SOCKET && matches!(name, libc::SO_SNDBUF | libc::SO_RCVBUF) && DATA.get(fd) && !reentered() {
+        if let Some(Entry::Conn(c)) = table::get(fd) {
+            if let Some(Some(s)) = c.decided.get() {
+                apply_buffers(fd, &**s);
+            }
+        }
+    }
+    r
+}
+
+/// The socket buffer sizes the application set on `fd`, told to its stream. Linux
+/// doubles a requested size and locks it; a socket nobody sized starts at the default
+/// (tcp_wmem/tcp_rmem) and only grows. So a size below the default was asked for, and
+/// half of it is what was asked.
+pub(crate) fn apply_buffers(fd: c_int, s: &dyn Stream) {
+    static DEFAULTS: std::sync::OnceLock<(u32, u32)> = std::sync::OnceLock::new();
+    let (dw, dr) = *DEFAULTS.get_or_init(|| {
+        let mid = |path: &str, d: u32| {
+            std::fs::read_to_string(path).ok().and_then(|t| t.split_whitespace().nth(1).and_then(|v| v.parse().ok())).unwrap_or(d)
+        };
+        (mid("/proc/sys/net/ipv4/tcp_wmem", 16384), mid("/proc/sys/net/ipv4/tcp_rmem", 131072))
+    });
+    let get = |name| sys::getsockopt::<c_int>(fd, libc::SOL_SOCKET, name).unwrap_or(0).max(0) as u32;
+    let (snd, rcv) = (get(libc::SO_SNDBUF), get(libc::SO_RCVBUF));
+    let asked = |v: u32, default: u32| if v > 0 && v < default { v / 2 } else { 0 };
+    let (snd, rcv) = (asked(snd, dw), asked(rcv, dr));
+    if snd != 0 || rcv != 0 {
+        s.set_buffers(snd, rcv);
+    }
 }
 
 pub unsafe fn getsockname(fd: c_int, addr: *mut sockaddr, len: *mut socklen_t) -> c_int {

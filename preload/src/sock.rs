@@ -161,6 +161,9 @@ impl Conn {
         if let (Some(t), Some(id)) = (state::stats_if_any(), self.slot) {
             t.set_path(id, if stream.is_some() { PATH_SHM } else { PATH_TCP }, reason);
         }
+        if let Some(s) = &stream {
+            crate::imp::apply_buffers(fd, &**s);
+        }
         log_decision("connect", fd, self.local.or_else(|| sys::getsockname(fd).ok()), self.peer, stream.is_some(), reason);
         let _ = self.decided.set(stream.clone());
         Ok(stream)

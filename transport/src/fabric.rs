@@ -152,6 +152,12 @@ pub trait Stream: Send + Sync {
     /// peer has consumed of ours), as last seen. Edge-triggered readiness reports a
     /// new edge when either moves.
     fn progress(&self) -> (u64, u64);
+    /// The socket buffer sizes the application asked for (SO_SNDBUF, SO_RCVBUF; 0: not
+    /// set): as on TCP, they bound the bytes in flight (our send buffer plus the peer's
+    /// receive buffer). A fabric that cannot bound its window ignores them.
+    fn set_buffers(&self, snd: u32, rcv: u32) {
+        let _ = (snd, rcv);
+    }
     /// Bytes waiting to be read (FIONREAD / SIOCINQ).
     fn rx_pending(&self) -> usize;
     /// Bytes written but not yet consumed by the peer (SIOCOUTQ).

@@ -72,6 +72,9 @@ pub struct SideCtl {
     pub rx_lock: AtomicU32,
     /// `side::*` bits, set by the owning side (Release); read by the peer (Acquire).
     pub flags: AtomicU32,
+    /// The receive buffer the owning side's application asked for (SO_RCVBUF), 0 if
+    /// none: the peer bounds what it queues by it (Relaxed; clamped by the reader).
+    pub rcvbuf: AtomicU32,
 }
 
 /// Bits of [`SideCtl::flags`].

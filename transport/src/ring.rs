@@ -62,6 +62,9 @@ impl Raw {
 /// The writing half. Owns the direction's tail.
 pub struct Producer {
     raw: Raw,
+    /// How much of the ring may hold unconsumed bytes (≤ capacity): the connection's
+    /// socket buffer sizes, when the application set them.
+    window: u64,
     tail: u64,
     /// Last head seen; the real head is never behind it.
     head_seen: u64,
@@ -72,7 +75,7 @@ impl Producer {
     /// `ctl` and `data..data+cap` must stay mapped for the Producer's lifetime, `cap` a
     /// power of two, and only one Producer may exist per direction.
     pub unsafe fn new(ctl: *const DirCtl, data: *mut u8, cap: u64) -> Producer {
-        Producer { raw: Raw { ctl, data, cap }, tail: 0, head_seen: 0 }
+        Producer { raw: Raw { ctl, data, cap }, window: cap, tail: 0, head_seen: 0 }
     }
 
     pub fn capacity(&self) -> u64 {
@@ -117,7 +120,12 @@ impl Producer {
 
     /// Free space, from a fresh, checked read of the consumer's head.
     pub fn free(&mut self) -> Result<u64, Corrupt> {
-        Ok(self.raw.cap - self.unconsumed()?)
+        Ok(self.window.saturating_sub(self.unconsumed()?))
+    }
+
+    /// Bound the unconsumed bytes to `w` (clamped to 1 ..= capacity).
+    pub fn set_window(&mut self, w: u64) {
+        self.window = w.clamp(1, self.raw.cap);
     }
 
     fn load_head(&mut self) -> Result<u64, Corrupt> {
@@ -133,7 +141,7 @@ impl Producer {
     /// Copy as much of `bufs` as fits and publish it. Returns the bytes written (0 when
     /// the ring is full).
     pub fn write(&mut self, bufs: &[IoSlice<'_>]) -> Result<usize, Corrupt> {
-        let mut free = self.raw.cap - (self.tail - self.head_seen);
+        let mut free = self.window.saturating_sub(self.tail - self.head_seen);
         if free == 0 || (free as usize) < bufs.iter().map(|b| b.len()).sum::<usize>() {
             free = self.free()?;
         }

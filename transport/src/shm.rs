@@ -63,6 +63,8 @@ pub struct ShmStream {
     bell: LocalBell,
     flags: AtomicU32,
     last_liveness_ns: AtomicU64,
+    /// SO_SNDBUF as the application asked for it (0: not set).
+    sndbuf: AtomicU32,
     /// Our side may be used by several processes (set at fork, never cleared): our own
     /// indices are then taken up from the segment under the side's cross-process locks
     /// before each use, and waits are bounded (another process may read a doorbell
@@ -96,7 +98,24 @@ impl ShmStream {
             flags: AtomicU32::new(0),
             last_liveness_ns: AtomicU64::new(sys::now_ns()),
             shared: AtomicBool::new(false),
+            sndbuf: AtomicU32::new(0),
         }
+    }
+
+    /// How many unconsumed bytes the ring may hold: all of it, unless the application
+    /// set socket buffer sizes on either end; then, as TCP, about our send buffer plus
+    /// the peer's receive buffer (a side that set none counts with Linux's defaults).
+    fn window(&self) -> u64 {
+        const DEFAULT_SND: u64 = 16 << 10;
+        const DEFAULT_RCV: u64 = 128 << 10;
+        let snd = self.sndbuf.load(Ordering::Relaxed) as u64;
+        let rcv = self.peer().rcvbuf.load(Ordering::Relaxed) as u64;
+        if snd == 0 && rcv == 0 {
+            return u64::MAX;
+        }
+        let snd = if snd == 0 { DEFAULT_SND } else { snd };
+        let rcv = if rcv == 0 { DEFAULT_RCV } else { rcv.min(layout::RING_MAX) };
+        snd + rcv
     }
 
     fn is_shared(&self) -> bool {
@@ -110,6 +129,7 @@ impl ShmStream {
         if self.is_shared() {
             let _ = g.resync();
         }
+        g.set_window(self.window());
         g
     }
 
@@ -470,6 +490,13 @@ impl Stream for ShmStream {
 
     fn progress(&self) -> (u64, u64) {
         (self.view_rx().tail_seen(), self.view_tx().head_seen())
+    }
+
+    fn set_buffers(&self, snd: u32, rcv: u32) {
+        self.sndbuf.store(snd, Ordering::Relaxed);
+        self.me().rcvbuf.store(rcv, Ordering::Relaxed);
+        // Our reader may now take less: wake a writer of the peer waiting for space.
+        self.wake_peer(wait::SPACE);
     }
 
     fn take_error(&self) -> bool {
