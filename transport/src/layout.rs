@@ -134,6 +134,8 @@ const _: () = {
     assert!(offset_of!(SegHeader, state) == 24);
     assert!(offset_of!(SegHeader, sides) == 128);
     assert!(size_of::<SideCtl>() == 128);
+    assert!(offset_of!(SideCtl, flags) == 16);
+    assert!(offset_of!(SideCtl, rcvbuf) == 20);
     assert!(size_of::<DirCtl>() == 256);
     assert!(offset_of!(SegHeader, dirs) == 384);
     assert!(size_of::<SegHeader>() == 896);
