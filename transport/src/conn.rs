@@ -198,3 +198,27 @@ pub fn poll_step(
     }
     Ok(n)
 }
+
+/// The kernel socket's own view of the connection, when a fabric hands the stream back
+/// to it (the peer left the ring). Looked at with poll, which consumes no socket error.
+pub struct KernelEnd {
+    /// A FIN and nothing worse has arrived: the peer's socket is closed (not exec'd or
+    /// passed on). Bytes of ours it left unconsumed make this a reset, as Linux answers
+    /// unread data with RST.
+    pub fin_only: bool,
+    /// No FIN, hang-up or error: someone still holds the other end (a program the peer
+    /// exec'd, a process it passed the socket to). Only then are bytes re-sent: sending
+    /// to a closed socket would consume the reset the application is owed.
+    pub alive: bool,
+}
+
+impl KernelEnd {
+    pub fn look(sock: std::os::fd::RawFd) -> KernelEnd {
+        let mut p = [libc::pollfd { fd: sock, events: libc::POLLIN | libc::POLLRDHUP, revents: 0 }];
+        let rev = if sys::poll(&mut p, 0).is_ok() { p[0].revents } else { 0 };
+        KernelEnd {
+            fin_only: rev & libc::POLLRDHUP != 0 && rev & libc::POLLERR == 0,
+            alive: rev & (libc::POLLRDHUP | libc::POLLHUP | libc::POLLERR) == 0,
+        }
+    }
+}

@@ -33,6 +33,7 @@
 
 pub mod uapi;
 
+use crate::conn::KernelEnd;
 use crate::fabric::{Caps, Fabric, Offer, Reason, Shutdown, Stream, StreamError};
 use crate::layout::wait;
 use crate::sys::{self, Fd};
@@ -419,21 +420,18 @@ impl KmodStream {
         if self.has(local::MOVED) {
             return;
         }
-        let mut p = [libc::pollfd { fd: self.sock.as_raw_fd(), events: libc::POLLIN | libc::POLLRDHUP, revents: 0 }];
-        let rev = if sys::poll(&mut p, 0).is_ok() { p[0].revents } else { 0 };
+        let end = KernelEnd::look(self.sock.as_raw_fd());
         let head = self.tx_head.load(Ordering::Acquire);
         let unconsumed = tx.tail.saturating_sub(head);
-        let fin_only = rev & libc::POLLRDHUP != 0 && rev & libc::POLLERR == 0;
-        if fin_only && unconsumed > 0 {
+        if end.fin_only && unconsumed > 0 {
             self.set(local::ERR_RESET);
         }
-        let alive = rev & (libc::POLLRDHUP | libc::POLLHUP | libc::POLLERR) == 0;
-        if alive && unconsumed > 0 {
+        if end.alive && unconsumed > 0 {
             if self.has(local::FINAL_HEAD) {
                 for (off, len) in runs(head, unconsumed, self.tx_cap) {
                     // SAFETY: off + len <= the shadow's length.
                     let ptr = unsafe { tx.shadow.as_ptr().add(off as usize) };
-                    if !send_all(self.sock.as_raw_fd(), ptr, len as usize) {
+                    if !unsafe { sys::send_all(self.sock.as_raw_fd(), ptr, len as usize) } {
                         break;
                     }
                 }
@@ -443,8 +441,7 @@ impl KmodStream {
             }
         }
         if self.has(local::WR_SHUT) {
-            // SAFETY: shutdown(2) on our own reference to the socket.
-            unsafe { libc::syscall(libc::SYS_shutdown, self.sock.as_raw_fd(), libc::SHUT_WR) };
+            sys::shutdown_write(self.sock.as_raw_fd());
         }
         drop(tx);
         self.set(local::MOVED);
@@ -583,28 +580,6 @@ fn runs(pos: u64, len: u64, cap: u64) -> impl Iterator<Item = (u64, u64)> {
     [(off, first), (0, len - first)].into_iter().filter(|&(_, n)| n > 0)
 }
 
-/// Send all of `len` bytes at `ptr` on a kernel socket, waiting for room as needed.
-fn send_all(sock: RawFd, mut ptr: *const u8, mut len: usize) -> bool {
-    while len > 0 {
-        // SAFETY: ptr..ptr+len is inside the shadow, which the caller holds.
-        let r = unsafe { libc::syscall(libc::SYS_sendto, sock, ptr, len, libc::MSG_NOSIGNAL, 0, 0) };
-        if r > 0 {
-            // SAFETY: r <= len.
-            ptr = unsafe { ptr.add(r as usize) };
-            len -= r as usize;
-            continue;
-        }
-        match io::Error::last_os_error().raw_os_error() {
-            Some(libc::EAGAIN) => {
-                let mut p = [libc::pollfd { fd: sock, events: libc::POLLOUT, revents: 0 }];
-                let _ = sys::poll(&mut p, -1);
-            }
-            Some(libc::EINTR) => {}
-            _ => return false,
-        }
-    }
-    true
-}
 
 impl Stream for KmodStream {
     fn enqueue(&self, bufs: &[IoSlice<'_>]) -> Result<usize, StreamError> {

@@ -13,6 +13,7 @@
 //! are the kernel's own.
 #![allow(unsafe_code)]
 
+use crate::conn::KernelEnd;
 use crate::fabric::{Caps, Fabric, Offer, Reason, Shutdown, Stream, StreamError};
 use crate::layout::{self, pflags, state, wait, SegHeader, CLIENT, SERVER};
 use crate::registry::{Held, Registry};
@@ -238,30 +239,22 @@ impl ShmStream {
         if self.has(local::MOVED) {
             return;
         }
-        // A FIN already on the kernel socket (looked at with poll, which consumes no
-        // error): the peer's socket is closed, not exec'd or passed on. If it left bytes
-        // of ours unread, Linux would have answered with a reset: report one once the
-        // ring is drained. (A reset the kernel received it reports itself.)
-        let mut p = [libc::pollfd { fd: self.sock.as_raw_fd(), events: libc::POLLIN | libc::POLLRDHUP, revents: 0 }];
-        let rev = if sys::poll(&mut p, 0).is_ok() { p[0].revents } else { 0 };
-        let fin_only = rev & libc::POLLRDHUP != 0 && rev & libc::POLLERR == 0;
-        if fin_only && tx.unconsumed().unwrap_or(0) > 0 {
+        // What the kernel socket says (a reset it received, it reports itself).
+        let end = KernelEnd::look(self.sock.as_raw_fd());
+        if end.fin_only && tx.unconsumed().unwrap_or(0) > 0 {
             self.flags.fetch_or(local::ERR_RESET, Ordering::AcqRel);
         }
-        // Re-send only to a live socket: sending to a closed one would only consume the
-        // reset the application is owed.
-        let alive = rev & (libc::POLLRDHUP | libc::POLLHUP | libc::POLLERR) == 0;
-        if let (true, Ok(runs)) = (alive, tx.unconsumed_runs()) {
+        if let (true, Ok(runs)) = (end.alive, tx.unconsumed_runs()) {
             for (ptr, len) in runs {
-                if len > 0 && !send_all(self.sock.as_raw_fd(), ptr, len) {
+                // SAFETY: the runs lie in the ring, mapped while we hold the stream.
+                if len > 0 && !unsafe { sys::send_all(self.sock.as_raw_fd(), ptr, len) } {
                     break;
                 }
             }
         }
         if self.has(local::WR_SHUT) {
             // Our half-close lived in the ring: give it to the kernel socket too.
-            // SAFETY: plain shutdown(2) on our own reference to the socket.
-            unsafe { libc::syscall(libc::SYS_shutdown, self.sock.as_raw_fd(), libc::SHUT_WR) };
+            sys::shutdown_write(self.sock.as_raw_fd());
         }
         // Set under the transmit lock: a writer that takes it after us sees MOVED and
         // writes to the kernel socket, after the re-sent bytes.
@@ -667,30 +660,6 @@ impl ShmStream {
     }
 }
 
-/// Send all of `len` bytes at `ptr` on a kernel socket, waiting for room as needed.
-/// False if the socket failed (the peer is gone for good: the kernel will say so to the
-/// application's next call).
-fn send_all(sock: RawFd, mut ptr: *const u8, mut len: usize) -> bool {
-    while len > 0 {
-        // SAFETY: ptr..ptr+len is inside the ring, which the caller keeps mapped.
-        let r = unsafe { libc::syscall(libc::SYS_sendto, sock, ptr, len, libc::MSG_NOSIGNAL, 0, 0) };
-        if r > 0 {
-            // SAFETY: r <= len.
-            ptr = unsafe { ptr.add(r as usize) };
-            len -= r as usize;
-            continue;
-        }
-        match io::Error::last_os_error().raw_os_error() {
-            Some(libc::EAGAIN) => {
-                let mut p = [libc::pollfd { fd: sock, events: libc::POLLOUT, revents: 0 }];
-                let _ = sys::poll(&mut p, -1);
-            }
-            Some(libc::EINTR) => {}
-            _ => return false,
-        }
-    }
-    true
-}
 
 /// The shm fabric.
 pub struct Shm {

@@ -208,6 +208,44 @@ pub fn recv(fd: RawFd, buf: &mut [u8], flags: libc::c_int) -> io::Result<usize> 
     syscall!(SYS_recvfrom, fd, buf.as_mut_ptr(), buf.len(), flags, 0, 0).map(|n| n as usize)
 }
 
+/// send(2) from raw memory (a ring), on a kernel socket.
+///
+/// # Safety
+/// `ptr..ptr+len` must be readable memory.
+pub unsafe fn send_raw(fd: RawFd, ptr: *const u8, len: usize, flags: libc::c_int) -> io::Result<usize> {
+    syscall!(SYS_sendto, fd, ptr, len, flags, 0, 0).map(|n| n as usize)
+}
+
+/// Send all of `len` bytes at `ptr` on a kernel socket, waiting for room as needed
+/// (the bytes a fabric re-sends when it hands the stream back). False if the socket
+/// failed: the kernel will say so to the application's next call.
+///
+/// # Safety
+/// `ptr..ptr+len` must stay readable for the call.
+pub unsafe fn send_all(sock: RawFd, mut ptr: *const u8, mut len: usize) -> bool {
+    while len > 0 {
+        match send_raw(sock, ptr, len, libc::MSG_NOSIGNAL) {
+            Ok(n) => {
+                // SAFETY: n <= len.
+                ptr = ptr.add(n);
+                len -= n;
+            }
+            Err(e) if e.raw_os_error() == Some(libc::EAGAIN) => {
+                let mut p = [libc::pollfd { fd: sock, events: libc::POLLOUT, revents: 0 }];
+                let _ = poll(&mut p, -1);
+            }
+            Err(e) if e.raw_os_error() == Some(libc::EINTR) => {}
+            Err(_) => return false,
+        }
+    }
+    true
+}
+
+/// shutdown(SHUT_WR) on a kernel socket (a half-close handed over from a fabric).
+pub fn shutdown_write(fd: RawFd) {
+    let _ = syscall!(SYS_shutdown, fd, libc::SHUT_WR);
+}
+
 /// send(2) with flags, on a kernel socket.
 pub fn send(fd: RawFd, buf: &[u8], flags: libc::c_int) -> io::Result<usize> {
     syscall!(SYS_sendto, fd, buf.as_ptr(), buf.len(), flags, 0, 0).map(|n| n as usize)
