@@ -276,10 +276,45 @@ def report(outdir):
                 print(f"\n--- {t}: {a} -> {b}\n{d}")
     else:
         print("\nNo test result differs.")
+    with open(os.path.join(outdir, "diffs.tsv"), "w") as f:
+        for s_, t, a, b, _ in diffs:
+            f.write(f"{s_}\t{t}\t{a}\t{b}\n")
     bad = bool(diffs) or shm_total == 0
     if shm_total == 0:
         print("\nFAIL: the shim runs made no fabric (path=shm) connection")
     return 1 if bad else 0
+
+
+def verdict(xml, stdout, test):
+    """The result of one test in a single-test re-run."""
+    res, _ = parse_attempt({"xml": xml, "stdout": stdout, "hung": None})
+    return res.get(test, "missing")
+
+
+def recheck(outdir):
+    """Re-runs of each differing test (run.sh, CPY_RECHECK times per mode): a test is
+    flaky, not a difference, when every result the shim gave it (first run included)
+    was also a result plain runs gave it. Prints the verdicts; 1 if a difference
+    stands."""
+    path = os.path.join(outdir, "diffs.tsv")
+    lines = [l.rstrip("\n").split("\t") for l in open(path) if l.strip()]
+    stands = 0
+    print("\nRe-runs of the differing tests (each alone, both modes):")
+    for i, (suite, test, a, b) in enumerate(lines):
+        seen = {"plain": [a], "shim": [b]}
+        for mode in ("plain", "shim"):
+            k = 1
+            while os.path.exists(os.path.join(outdir, f"recheck.{i}.{mode}.{k}.xml")) or \
+                    os.path.exists(os.path.join(outdir, f"recheck.{i}.{mode}.{k}.out")):
+                base = os.path.join(outdir, f"recheck.{i}.{mode}.{k}")
+                seen[mode].append(verdict(base + ".xml", base + ".out", test))
+                k += 1
+        real = not set(seen["shim"]) <= set(seen["plain"])
+        stands += real
+        print(f"  {test}: plain {' '.join(seen['plain'])}; shim {' '.join(seen['shim'])} -> "
+              f"{'DIFFERS' if real else 'flaky without the shim too, not counted'}")
+    print(f"\n{stands} test(s) differ after the re-runs." if stands else "\nNo difference stands after the re-runs.")
+    return 1 if stands else 0
 
 
 if __name__ == "__main__":
@@ -290,5 +325,7 @@ if __name__ == "__main__":
         collect(*sys.argv[2:5])
     elif cmd == "report":
         sys.exit(report(sys.argv[2]))
+    elif cmd == "recheck":
+        sys.exit(recheck(sys.argv[2]))
     else:
         sys.exit(f"unknown command {cmd}")

@@ -16,8 +16,11 @@
 # as `hang` and the suite is run again without it (-i), at most CPY_MAX_HANGS times.
 #
 # Prints a per-suite table (pass/fail+error/skip for both runs, path=shm count) and every
-# test whose result differs, with the shim run's traceback. Exits 1 if any result differs
-# or if the shim runs made no fabric connection, 2 on a setup error.
+# test whose result differs, with the shim run's traceback. A differing test is then run
+# alone CPY_RECHECK more times in each mode: it counts as a difference only if the shim
+# gave it a result that no plain run gave it (a test that also flips without the shim is
+# reported as flaky). Exits 1 if a difference stands or if the shim runs made no fabric
+# connection, 2 on a setup error.
 #
 # Settings (environment):
 #   CPY_PYTHON      interpreter (default /usr/bin/python3.11; Debian's, whose test
@@ -31,6 +34,7 @@
 #   CPY_NO_BUILD=1  do not run `cargo build --release -p rdmasock` first
 #   CPY_MODES       `plain shim` (default); one mode only re-runs that side (the report
 #                   then uses what CPY_OUT already holds for the other)
+#   CPY_RECHECK     re-runs per mode of each differing test (default 2; 0: none)
 set -u -o pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -183,4 +187,29 @@ done
 echo "total $(($(date +%s) - start)) s" >&2
 
 "$HOSTPY" "$here/results.py" report "$OUT" | tee "$OUT/report.md"
-exit "${PIPESTATUS[0]}"
+rc=${PIPESTATUS[0]}
+RECHECK=${CPY_RECHECK:-2}
+if [ "$rc" = 1 ] && [ -s "$OUT/diffs.tsv" ] && [ "$RECHECK" -gt 0 ] && ! grep -q "made no fabric" "$OUT/report.md"; then
+    i=0
+    while IFS=$'\t' read -r suite test _ _; do
+        for k in $(seq 1 "$RECHECK"); do
+            for mode in plain shim; do
+                base="$OUT/recheck.$i.$mode.$k"
+                envs=()
+                if [ "$mode" = shim ]; then
+                    dir=$(mktemp -d "$OUT/work/rdmasock-dir.XXXXXX") && chmod 700 "$dir"
+                    envs=(LD_PRELOAD="$LIB" RDMASOCK_DIR="$dir")
+                fi
+                extra=()
+                [ "$suite" = test_socketserver ] && extra=(-u network)
+                (cd "$OUT/work" && env -u LD_PRELOAD "${envs[@]}" timeout -k 10 300 "$PY" -m test -v \
+                    --timeout 240 --junit-xml "$base.xml" "$suite" "${extra[@]}" -m "$test" \
+                    </dev/null >"$base.out" 2>"$base.err")
+            done
+        done
+        i=$((i + 1))
+    done <"$OUT/diffs.tsv"
+    "$HOSTPY" "$here/results.py" recheck "$OUT" | tee -a "$OUT/report.md"
+    rc=${PIPESTATUS[0]}
+fi
+exit "$rc"

@@ -25,7 +25,7 @@
 
 use crate::hooks::real;
 use crate::imp::{boundary, reentered, set_errno};
-use crate::sock::{Conn, Entry, Undecided};
+use crate::sock::{Conn, Entry, Need, Undecided};
 use crate::table::{self, DATA, TRACKED};
 use libc::{c_int, epoll_event, sigset_t, timespec};
 use parking_lot::Mutex;
@@ -207,7 +207,7 @@ impl EpollSet {
                 continue;
             };
             let fd = g.shadow[i].fd;
-            let stream = match c.stream(fd, false) {
+            let stream = match c.stream(fd, Need::Peek) {
                 Ok(Some(s)) if !s.moved() => s,
                 Ok(_) => {
                     // Settled on TCP: the kernel set takes it over, as registered.
@@ -233,7 +233,10 @@ impl EpollSet {
                 Err(Undecided::Offered) => {
                     if let Some((bell, deadline)) = c.pending_bell() {
                         register_bell_fd(epfd, bell);
-                        out.wake_by_ns = Some(out.wake_by_ns.map_or(deadline, |w| w.min(deadline)));
+                        // Bytes from a plain server on the kernel socket do not ring the
+                        // bell: look again every few milliseconds until decided.
+                        let wake = deadline.min(sys::now_ns() + 5_000_000);
+                        out.wake_by_ns = Some(out.wake_by_ns.map_or(wake, |w| w.min(wake)));
                     }
                     continue;
                 }

@@ -5,7 +5,7 @@
 #![allow(clippy::missing_safety_doc)]
 
 use crate::hooks::real;
-use crate::sock::{log_decision, Conn, Entry, Listener, Undecided};
+use crate::sock::{log_decision, Conn, Entry, Listener, Need, Undecided};
 use crate::state;
 use crate::table::{self, DATA, INTERNAL, TRACKED};
 use libc::{c_int, c_uint, c_ulong, c_void, iovec, loff_t, mmsghdr, msghdr, off64_t, off_t, size_t, sockaddr, socklen_t, ssize_t};
@@ -91,13 +91,23 @@ fn conn_of(fd: c_int) -> Option<Arc<Conn>> {
 
 /// The stream of a managed fd, or None (kernel TCP: pass the call through). A client
 /// whose offer is still unanswered is decided now if the call may block (a blocking
-/// socket without MSG_DONTWAIT), else the call fails with EAGAIN, as a call on a
-/// socket with nothing to do yet.
+/// socket without MSG_DONTWAIT; bounded by the claim deadline), or if it is a write,
+/// which TCP would queue at once (after a moment's wait for a server inside accept).
+/// A non-blocking read fails with EAGAIN, as on a socket with nothing to read yet.
 fn managed(fd: c_int, flags: c_int) -> Result<Option<(Arc<Conn>, Arc<dyn Stream>)>, i32> {
+    managed_for(fd, flags, false)
+}
+
+fn managed_for(fd: c_int, flags: c_int, write: bool) -> Result<Option<(Arc<Conn>, Arc<dyn Stream>)>, i32> {
     let Some(c) = conn_of(fd) else { return Ok(None) };
-    let may_wait = c.decided.get().is_some()
-        || (flags & libc::MSG_DONTWAIT == 0 && !sys::is_nonblocking(fd).unwrap_or(false));
-    match c.stream(fd, may_wait) {
+    let need = if c.decided.get().is_some() || (flags & libc::MSG_DONTWAIT == 0 && !sys::is_nonblocking(fd).unwrap_or(false)) {
+        Need::Wait
+    } else if write {
+        Need::Soon
+    } else {
+        Need::Peek
+    };
+    match c.stream(fd, need) {
         Ok(Some(s)) if !s.moved() => Ok(Some((c, s))),
         Ok(_) => {
             // On kernel TCP (from the start, or moved back): straight to libc from now.
@@ -126,7 +136,7 @@ pub(crate) fn poll_target(fd: c_int) -> PollTarget {
         return if set.has_fabric() { PollTarget::Epoll(set) } else { PollTarget::Kernel };
     }
     let Some(c) = conn_of(fd) else { return PollTarget::Kernel };
-    match c.stream(fd, false) {
+    match c.stream(fd, Need::Peek) {
         Ok(Some(s)) if !s.moved() => PollTarget::Fabric(s),
         Ok(_) => PollTarget::Kernel,
         Err(Undecided::Connecting) => PollTarget::Connecting,
@@ -337,7 +347,7 @@ fn recv_common(fd: c_int, bufs: impl FnOnce() -> Result<Vec<IoSliceMut<'static>>
 }
 
 fn send_common(fd: c_int, bufs: impl FnOnce() -> Result<Vec<IoSlice<'static>>, i32>, flags: c_int, pass_through: impl FnOnce() -> ssize_t) -> ssize_t {
-    boundary(-1, || match managed(fd, flags)? {
+    boundary(-1, || match managed_for(fd, flags, true)? {
         Some((c, s)) => {
             let mut b = bufs()?;
             match fabric_send(fd, &c, &*s, &mut b, flags) {
@@ -566,7 +576,7 @@ fn fabric_send_from(fd: c_int, c: &Conn, s: &dyn Stream, count: usize, flags: c_
 }
 
 unsafe fn sendfile_any(out_fd: c_int, in_fd: c_int, offset: Option<*mut i64>, count: size_t) -> Result<ssize_t, i32> {
-    let Some((c, s)) = managed(out_fd, 0)? else { return Err(-1) };
+    let Some((c, s)) = managed_for(out_fd, 0, true)? else { return Err(-1) };
     // As Linux: the source must be open for reading (EBADF) and a file that can be read
     // page by page, not a directory, socket or pipe (EINVAL).
     let fl = sys::fcntl(in_fd, libc::F_GETFL, 0).map_err(|e| e.raw_os_error().unwrap_or(libc::EBADF))?;
@@ -646,7 +656,7 @@ pub unsafe fn splice(fd_in: c_int, off_in: *mut loff_t, fd_out: c_int, off_out: 
         if !other.1.is_null() {
             return Err(libc::ESPIPE);
         }
-        if let Some((c, s)) = managed(fd_out, dontwait)? {
+        if let Some((c, s)) = managed_for(fd_out, dontwait, true)? {
             // pipe -> socket
             let mut src = |p: *mut u8, n: usize| sys::read_raw(fd_in, p, n);
             return match fabric_send_from(fd_out, &c, &*s, len, dontwait, &mut src) {
@@ -907,8 +917,8 @@ pub unsafe fn shutdown(fd: c_int, how: c_int) -> c_int {
         // A half-close cannot wait for "later": decide a pending client now (bounded by
         // its claim deadline), whatever the socket's blocking mode.
         // A socket the kernel is still connecting is the kernel's to shut down.
-        let stream = match conn_of(fd).map(|c| match c.stream(fd, false) {
-            Err(Undecided::Offered) => c.stream(fd, true),
+        let stream = match conn_of(fd).map(|c| match c.stream(fd, Need::Peek) {
+            Err(Undecided::Offered) => c.stream(fd, Need::Wait),
             r => r,
         }) {
             Some(Ok(Some(s))) if !s.moved() => Some(s),

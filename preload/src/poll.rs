@@ -30,7 +30,7 @@ fn poll_fabric(fds: &mut [pollfd], timeout: Option<Duration>, sigmask: Option<&s
         // Classify every round: an offer answered meanwhile changes a fd's kind.
         let mut fabric: Vec<(usize, Arc<dyn Stream>)> = Vec::new();
         let mut kernel: Vec<usize> = Vec::new();
-        let mut offered: Vec<(c_int, u64)> = Vec::new();
+        let mut offered: Vec<(c_int, c_int, u64)> = Vec::new();
         let mut connecting: Vec<c_int> = Vec::new();
         let mut sets: Vec<(usize, Arc<crate::epoll::EpollSet>)> = Vec::new();
         for i in 0..fds.len() {
@@ -40,7 +40,7 @@ fn poll_fabric(fds: &mut [pollfd], timeout: Option<Duration>, sigmask: Option<&s
                 PollTarget::Kernel => kernel.push(i),
                 PollTarget::Offered { bell, deadline_ns } => {
                     fds[i].revents = 0;
-                    offered.push((bell, deadline_ns));
+                    offered.push((fd, bell, deadline_ns));
                 }
                 PollTarget::Connecting => {
                     fds[i].revents = 0;
@@ -90,10 +90,13 @@ fn poll_fabric(fds: &mut [pollfd], timeout: Option<Duration>, sigmask: Option<&s
             return Ok(n);
         }
         // Wake for the caller's timeout, or when an unanswered offer's deadline passes.
-        let wake_at = offered.iter().map(|&(_, d)| d).chain(deadline).min();
+        let wake_at = offered.iter().map(|&(_, _, d)| d).chain(deadline).min();
         let remaining = wake_at.map(|d| Duration::from_nanos(d.saturating_sub(now)));
-        for &(bell, _) in &offered {
+        // An offer is settled by its bell (the server's shim decided), by anything from
+        // the server on the kernel socket (a plain acceptor), or by its deadline.
+        for &(fd, bell, _) in &offered {
             kfds.push(pollfd { fd: bell, events: libc::POLLIN, revents: 0 });
+            kfds.push(pollfd { fd, events: libc::POLLIN | libc::POLLRDHUP, revents: 0 });
         }
         // A connecting socket wakes us when the kernel is done; it is then classified
         // again (offered, fabric or TCP) before anything is reported for it.

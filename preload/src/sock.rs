@@ -71,11 +71,82 @@ pub struct Conn {
     pub send_lock: Mutex<()>,
 }
 
+/// How long a call on an undecided client may wait for the server's shim.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Need {
+    /// A blocking call (blocking socket, no MSG_DONTWAIT): up to the claim deadline.
+    Wait,
+    /// A non-blocking write, which on TCP would be queued at once: a moment
+    /// ([`SOON_NS`]), for a server that is accepting right now, then TCP.
+    Soon,
+    /// A readiness check or a non-blocking read: not at all.
+    Peek,
+}
+
+/// How long a non-blocking write waits for a claim before the client gives up the
+/// fabric for this connection. Long enough for a server that is inside accept (a claim
+/// takes tens of microseconds), short enough to stay a non-blocking call.
+pub const SOON_NS: u64 = 2_000_000;
+
+/// What an undecided client heard while it waited.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Heard {
+    Claimed,
+    Refused,
+    /// The kernel connection failed or is gone.
+    KernelClosed,
+    /// Bytes, a FIN or a reset from the server on the kernel socket.
+    KernelData,
+    Nothing,
+}
+
+/// Wait until `until` (a monotonic time; now or earlier: look once) for the offer's
+/// answer or for the kernel socket to hear from the server.
+fn hear(fd: i32, offer: &dyn Offer, until: u64) -> Heard {
+    loop {
+        match offer.decision(std::time::Duration::ZERO) {
+            Some(true) => return Heard::Claimed,
+            Some(false) => return Heard::Refused,
+            None => {}
+        }
+        let now = sys::now_ns();
+        let ms = if now >= until { 0 } else { (until - now).div_ceil(1_000_000).min(i32::MAX as u64) as i32 };
+        // The doorbell is not read here: the server writes its byte after its CAS, so a
+        // readable bell means the state above will have changed. The byte stays as a
+        // spurious wake-up of the stream, which is harmless.
+        let mut pf = [
+            libc::pollfd { fd, events: libc::POLLIN | libc::POLLRDHUP, revents: 0 },
+            libc::pollfd { fd: offer.doorbell(), events: libc::POLLIN, revents: 0 },
+        ];
+        let _ = sys::poll(&mut pf, ms);
+        if pf[0].revents != 0 {
+            // Claimed just before the bytes arrived? The decision says; the caller's
+            // withdraw settles the race either way.
+            return match offer.decision(std::time::Duration::ZERO) {
+                Some(true) => Heard::Claimed,
+                _ => Heard::KernelData,
+            };
+        }
+        if ms == 0 {
+            return match offer.decision(std::time::Duration::ZERO) {
+                Some(true) => Heard::Claimed,
+                Some(false) => Heard::Refused,
+                None => Heard::Nothing,
+            };
+        }
+        if pf[1].revents & libc::POLLIN != 0 && offer.decision(std::time::Duration::ZERO).is_none() {
+            // A byte with no decision behind it (left over): do not spin on it.
+            std::thread::sleep(std::time::Duration::from_millis(1).min(std::time::Duration::from_nanos(until.saturating_sub(sys::now_ns()))));
+        }
+    }
+}
+
 /// Why a connection has no path yet.
 pub enum Undecided {
     /// The kernel connection is still being established (non-blocking connect).
     Connecting,
-    /// The server's shim has not answered the offer yet, and the caller may not wait.
+    /// The server's shim has not answered the offer yet, the server has sent nothing on
+    /// TCP, and the caller may not wait.
     Offered,
 }
 
@@ -103,10 +174,14 @@ impl Conn {
     }
 
     /// The connection's stream (None: kernel TCP), deciding a pending client first.
-    /// With `may_wait` (a blocking call on a blocking socket) it waits, bounded by the
-    /// claim deadline, for the server's shim to claim; without, an unanswered offer is
-    /// reported as [`Undecided::Offered`] until the deadline passes.
-    pub fn stream(&self, fd: i32, may_wait: bool) -> Result<Option<Arc<dyn Stream>>, Undecided> {
+    ///
+    /// How long a call waits for the server's shim to answer the offer depends on what
+    /// the call is ([`Need`]). A client never stays undecided past the claim deadline, and
+    /// never once the kernel socket has something from the server: a shim server claims
+    /// inside accept, before its program can write, so bytes, a FIN or a reset on the
+    /// kernel socket while the offer is open mean that whoever accepted does not run the
+    /// shim.
+    pub fn stream(&self, fd: i32, need: Need) -> Result<Option<Arc<dyn Stream>>, Undecided> {
         if let Some(d) = self.decided.get() {
             return Ok(d.clone());
         }
@@ -114,50 +189,48 @@ impl Conn {
         if let Some(d) = self.decided.get() {
             return Ok(d.clone());
         }
-        match tcp_state(fd) {
-            Some(TCP_SYN_SENT) | Some(TCP_SYN_RECV) => {
-                if !may_wait {
-                    return Err(Undecided::Connecting);
-                }
-                // A blocking call while the kernel still connects (the connect was
-                // started non-blocking): wait for it, as the call would on TCP.
-                let mut pf = [libc::pollfd { fd, events: libc::POLLOUT, revents: 0 }];
-                let _ = sys::poll(&mut pf, -1);
-                drop(p);
-                return self.stream(fd, may_wait);
+        let kernel = tcp_state(fd);
+        if matches!(kernel, Some(TCP_SYN_SENT) | Some(TCP_SYN_RECV)) {
+            if need != Need::Wait {
+                return Err(Undecided::Connecting);
             }
-            _ => {}
+            // A blocking call while the kernel still connects (the connect was started
+            // non-blocking): wait for it, as the call would on TCP.
+            let mut pf = [libc::pollfd { fd, events: libc::POLLOUT, revents: 0 }];
+            let _ = sys::poll(&mut pf, -1);
+            drop(p);
+            return self.stream(fd, need);
         }
-        if !may_wait {
-            if let Some(pend) = p.as_ref() {
-                let open = pend.offer.decision(std::time::Duration::ZERO).is_none();
-                if open && sys::now_ns() < pend.deadline_ns {
-                    return Err(Undecided::Offered);
-                }
-            }
-        }
-        let Some(pend) = p.take() else {
+        let Some(pend) = p.as_ref() else {
             let _ = self.decided.set(None);
             return Ok(None);
         };
-        let (stream, reason) = match tcp_state(fd) {
-            Some(TCP_CLOSE) | None if pend.offer.withdraw() => (None, Reason::ConnectFailed),
-            // The kernel connection is already gone, but the server's shim claimed first:
-            // what it sent before it went is in the ring.
-            Some(TCP_CLOSE) | None => (Some(pend.offer.into_stream()), Reason::None),
-            _ => {
-                let left = pend.deadline_ns.saturating_sub(sys::now_ns());
-                match pend.offer.decision(std::time::Duration::from_nanos(left)) {
-                    Some(true) => (Some(pend.offer.into_stream()), Reason::None),
-                    Some(false) => {
-                        pend.offer.withdraw();
-                        (None, Reason::Refused)
-                    }
-                    None if pend.offer.withdraw() => (None, Reason::ClaimTimeout),
-                    None => (Some(pend.offer.into_stream()), Reason::None),
-                }
-            }
+        let now = sys::now_ns();
+        let until = match need {
+            Need::Peek => now,
+            Need::Soon => now.saturating_add(SOON_NS).min(pend.deadline_ns),
+            Need::Wait => pend.deadline_ns,
         };
+        let heard = if matches!(kernel, Some(TCP_CLOSE) | None) { Heard::KernelClosed } else { hear(fd, &*pend.offer, until) };
+        if heard == Heard::Nothing && need == Need::Peek && sys::now_ns() < pend.deadline_ns {
+            return Err(Undecided::Offered);
+        }
+        let pend = p.take().expect("pending offer");
+        // Whatever the reason to stop waiting, the withdraw races the claim on one word:
+        // losing it means the server claimed first, and the stream is taken.
+        let unless_claimed = |reason| if pend.offer.withdraw() { (false, reason) } else { (true, Reason::None) };
+        let (fabric, reason) = match heard {
+            Heard::Claimed => (true, Reason::None),
+            Heard::Refused => {
+                pend.offer.withdraw();
+                (false, Reason::Refused)
+            }
+            Heard::KernelClosed => unless_claimed(Reason::ConnectFailed),
+            Heard::KernelData => unless_claimed(Reason::ServerSentFirst),
+            Heard::Nothing if sys::now_ns() >= pend.deadline_ns => unless_claimed(Reason::ClaimTimeout),
+            Heard::Nothing => unless_claimed(Reason::NotAccepted),
+        };
+        let stream = fabric.then(|| pend.offer.into_stream());
         if let (Some(t), Some(id)) = (state::stats_if_any(), self.slot) {
             t.set_path(id, if stream.is_some() { PATH_SHM } else { PATH_TCP }, reason);
         }

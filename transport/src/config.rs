@@ -43,7 +43,7 @@ pub struct Config {
 
 pub const DEFAULT_RING: u64 = 1 << 20;
 pub const DEFAULT_SPIN_US: u64 = 50;
-pub const DEFAULT_CLAIM_MS: u64 = 1000;
+pub const DEFAULT_CLAIM_MS: u64 = 200;
 
 impl Config {
     pub fn from_env() -> Config {

@@ -65,6 +65,11 @@ pub enum Reason {
     OfferFailed,
     ClaimFailed,
     ConnectFailed,
+    /// The server sent bytes, a FIN or a reset on TCP while the offer was open: whoever
+    /// accepted does not run the shim.
+    ServerSentFirst,
+    /// A non-blocking write came before the server accepted.
+    NotAccepted,
 }
 
 impl Reason {
@@ -84,14 +89,16 @@ impl Reason {
             Reason::OfferFailed => "offer-failed",
             Reason::ClaimFailed => "claim-failed",
             Reason::ConnectFailed => "connect-failed",
+            Reason::ServerSentFirst => "server-sent-first",
+            Reason::NotAccepted => "write-before-accept",
         }
     }
 
     pub fn from_u8(v: u8) -> Reason {
         use Reason::*;
-        const ALL: [Reason; 14] = [None, ForcedTcp, RemoteDestination, NoShimListener, PeerNotShim,
+        const ALL: [Reason; 16] = [None, ForcedTcp, RemoteDestination, NoShimListener, PeerNotShim,
             PeerOtherUid, ClaimTimeout, Refused, ListenerUnknown, FdLimit, RegistryUnavailable, OfferFailed,
-            ClaimFailed, ConnectFailed];
+            ClaimFailed, ConnectFailed, ServerSentFirst, NotAccepted];
         ALL.get(v as usize).copied().unwrap_or(None)
     }
 }

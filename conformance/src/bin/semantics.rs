@@ -588,6 +588,14 @@ const CASES: &[Case] = &[
         kind: Kind::Solo(nonblocking_connect_pollout),
     },
     Case {
+        name: "dontwait_send_before_accept_is_queued",
+        kind: Kind::Solo(dontwait_send_before_accept),
+    },
+    Case {
+        name: "blocking_send_before_accept_is_queued",
+        kind: Kind::Solo(blocking_send_before_accept),
+    },
+    Case {
         name: "half_close_both_ways",
         kind: Kind::Pair {
             client: halfclose_client,
@@ -1346,6 +1354,63 @@ fn nonblocking_first_use() {
     obs_got("server recv after the client closed", move || {
         recv(s, 10, 0)
     });
+    close(s).ok();
+}
+
+/// A blocking connect, then at once a send with MSG_DONTWAIT, before anyone accepts (as
+/// CPython's testSendmsgDontWait): TCP queues the bytes in the server's receive buffer;
+/// so must the shim (it gives up the fabric for this connection rather than fail).
+fn dontwait_send_before_accept() {
+    let (l, c) = blocking_connect();
+    let msg = pattern(0, 1000);
+    let t = Instant::now();
+    obs(format!("send(1000, DONTWAIT) before the accept -> {}", show_count(&send(c, &msg, libc::MSG_DONTWAIT))));
+    prompt("send(DONTWAIT) before the accept", t);
+    accept_and_check(l, c, 1000);
+}
+
+/// A blocking connect, then a blocking send, in the thread that will accept later.
+fn blocking_send_before_accept() {
+    let (l, c) = blocking_connect();
+    let msg = pattern(0, 1000);
+    let t = Instant::now();
+    obs(format!("send(1000) before the accept -> {}", show_count(&send(c, &msg, 0))));
+    prompt("blocking send before the accept", t);
+    accept_and_check(l, c, 1000);
+}
+
+fn blocking_connect() -> (TcpListener, RawFd) {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap_or_else(|e| fail(format!("bind: {e}")));
+    let port = l.local_addr().unwrap().port();
+    println!("PORT {port}");
+    // SAFETY: plain syscall.
+    let c = unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
+    if c < 0 {
+        fail(format!("socket: {}", ename(errno())));
+    }
+    let a = loopback(port);
+    // SAFETY: a is a valid sockaddr_in.
+    let r = unsafe {
+        libc::connect(c, (&a as *const libc::sockaddr_in).cast(), std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t)
+    };
+    obs(format!("connect -> {}", if r == 0 { "0".to_string() } else { ename(errno()) }));
+    (l, c)
+}
+
+/// Accepts, checks that the server reads the client's `n` pattern bytes whole, then a
+/// reply and the client's close the other way.
+fn accept_and_check(l: TcpListener, c: RawFd, n: usize) {
+    let (s, _) = l.accept().unwrap_or_else(|e| fail(format!("accept: {e}")));
+    let s = s.into_raw_fd();
+    let got = bounded("server recv", move || recv_exact(s, n));
+    match &got {
+        Ok(b) if b.len() == n && pattern_mismatch(b, 0).is_none() => obs("server recv -> all, in order"),
+        other => obs(format!("server recv -> {}", show_got(other))),
+    }
+    obs(format!("server send(pong) -> {}", show_count(&send(s, b"pong", 0))));
+    obs_got("client recv", move || recv(c, 10, 0));
+    close(c).ok();
+    obs_got("server recv after the client closed", move || recv(s, 10, 0));
     close(s).ok();
 }
 

@@ -339,6 +339,13 @@ impl TestEnv {
     /// shimmed one logs `count` decisions (connect for a client, accept for
     /// a server), each as `Combo::expected` says.
     pub fn check_decisions(&self, role: Role, out: &Finished, endpoint: &str, count: Count) {
+        let expected = self.combo.expected(role);
+        self.check_decisions_any(role, out, endpoint, count, &[expected]);
+    }
+
+    /// As [`check_decisions`](Self::check_decisions), each decision being one of
+    /// `allowed` (path, reason) for a shimmed side.
+    pub fn check_decisions_any(&self, role: Role, out: &Finished, endpoint: &str, count: Count, allowed: &[(&str, Option<&str>)]) {
         if self.combo.side(role) == Side::Plain {
             assert!(
                 !out.stderr.contains("rdmasock["),
@@ -353,7 +360,6 @@ impl TestEnv {
         } else {
             "accept"
         };
-        let (path, reason) = self.combo.expected(role);
         let mine: Vec<_> = decisions::parse(&out.stderr)
             .into_iter()
             .filter(|d| {
@@ -378,8 +384,8 @@ impl TestEnv {
         );
         for d in &mine {
             assert!(
-                d.path == path && d.reason.as_deref() == reason,
-                "{}: expected path={path} reason={reason:?}, got {:?}: {}",
+                allowed.iter().any(|&(path, reason)| d.path == path && d.reason.as_deref() == reason),
+                "{}: expected one of {allowed:?} (path, reason), got {:?}: {}",
                 self.name,
                 d.line,
                 out.describe()
