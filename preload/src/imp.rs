@@ -100,7 +100,7 @@ fn managed(fd: c_int, flags: c_int) -> Result<Option<(Arc<Conn>, Arc<dyn Stream>
 
 fn managed_for(fd: c_int, flags: c_int, write: bool) -> Result<Option<(Arc<Conn>, Arc<dyn Stream>)>, i32> {
     let Some(c) = conn_of(fd) else { return Ok(None) };
-    let need = if c.decided.get().is_some() || (flags & libc::MSG_DONTWAIT == 0 && !sys::is_nonblocking(fd).unwrap_or(false)) {
+    let need = if c.decided.get().is_some() || (flags & libc::MSG_DONTWAIT == 0 && !c.is_nonblocking(fd)) {
         Need::Wait
     } else if write {
         Need::Soon
@@ -174,9 +174,10 @@ fn stream_errno(s: &dyn Stream, e: StreamError, flags: c_int) -> i32 {
     }
 }
 
-/// The time limit of one blocking call: the socket's SO_RCVTIMEO/SO_SNDTIMEO, read
-/// from the kernel the first time the call must block and counted from then on (as
-/// Linux: one timeout for the whole call, however often it waits).
+/// The time limit of one blocking call: the socket's SO_RCVTIMEO/SO_SNDTIMEO (as the
+/// connection knows it, [`Conn::timeout`]), taken the first time the call must block and
+/// counted from then on (as Linux: one timeout for the whole call, however often it
+/// waits).
 #[derive(Default)]
 struct Limit {
     read: bool,
@@ -184,10 +185,10 @@ struct Limit {
 }
 
 impl Limit {
-    fn remaining(&mut self, fd: c_int, opt: c_int) -> Result<Option<std::time::Duration>, i32> {
+    fn remaining(&mut self, c: &Conn, fd: c_int, opt: c_int) -> Result<Option<std::time::Duration>, i32> {
         if !self.read {
             self.read = true;
-            self.deadline_ns = sys::sock_timeout(fd, opt).unwrap_or(None).map(|t| sys::now_ns() + t.as_nanos() as u64);
+            self.deadline_ns = c.timeout(fd, opt).map(|t| sys::now_ns() + t.as_nanos() as u64);
         }
         match self.deadline_ns {
             None => Ok(None),
@@ -203,12 +204,12 @@ impl Limit {
 }
 
 /// Block for `interest` as the socket's mode and timeouts say. Ok(()) to retry.
-fn block_on(fd: c_int, s: &dyn Stream, interest: u32, flags: c_int, limit: &mut Limit) -> Result<(), i32> {
-    if flags & libc::MSG_DONTWAIT != 0 || sys::is_nonblocking(fd).unwrap_or(false) {
+fn block_on(fd: c_int, c: &Conn, s: &dyn Stream, interest: u32, flags: c_int, limit: &mut Limit) -> Result<(), i32> {
+    if flags & libc::MSG_DONTWAIT != 0 || c.is_nonblocking(fd) {
         return Err(libc::EAGAIN);
     }
     let opt = if interest == wait::DATA { libc::SO_RCVTIMEO } else { libc::SO_SNDTIMEO };
-    let timeout = limit.remaining(fd, opt)?;
+    let timeout = limit.remaining(c, fd, opt)?;
     match wait_stream(s, interest, timeout, state::policy()) {
         WaitEnd::Ready => Ok(()),
         // As Linux: a timed-out socket call fails with EAGAIN.
@@ -232,8 +233,8 @@ fn fabric_recv(fd: c_int, c: &Conn, s: &dyn Stream, mut bufs: &mut [IoSliceMut<'
         // As Linux: a peek with MSG_WAITALL waits until the whole length is there (or
         // the stream ends, fails, or the wait is cut short), then peeks.
         let enough = |s: &dyn Stream| s.rx_pending() >= want || s.poll_events() & (libc::POLLRDHUP | libc::POLLHUP | libc::POLLERR) != 0;
-        if !enough(s) && flags & libc::MSG_DONTWAIT == 0 && !sys::is_nonblocking(fd).unwrap_or(false) {
-            let timeout = limit.remaining(fd, libc::SO_RCVTIMEO)?;
+        if !enough(s) && flags & libc::MSG_DONTWAIT == 0 && !c.is_nonblocking(fd) {
+            let timeout = limit.remaining(c, fd, libc::SO_RCVTIMEO)?;
             match rdmasock_transport::conn::wait_until(s, wait::DATA, timeout, state::policy(), enough) {
                 WaitEnd::Ready | WaitEnd::TimedOut => {}
                 WaitEnd::Interrupted => return Err(libc::EINTR),
@@ -253,7 +254,7 @@ fn fabric_recv(fd: c_int, c: &Conn, s: &dyn Stream, mut bufs: &mut [IoSliceMut<'
                 }
                 IoSliceMut::advance_slices(&mut bufs, n);
             }
-            Err(StreamError::WouldBlock) => match block_on(fd, s, wait::DATA, flags, &mut limit) {
+            Err(StreamError::WouldBlock) => match block_on(fd, c, s, wait::DATA, flags, &mut limit) {
                 Ok(()) => {}
                 Err(_) if got > 0 => return Ok(got),
                 Err(e) => return Err(e),
@@ -282,7 +283,7 @@ fn fabric_send(fd: c_int, c: &Conn, s: &dyn Stream, mut bufs: &mut [IoSlice<'_>]
                 }
                 IoSlice::advance_slices(&mut bufs, n);
             }
-            Err(StreamError::WouldBlock) => match block_on(fd, s, wait::SPACE, flags, &mut limit) {
+            Err(StreamError::WouldBlock) => match block_on(fd, c, s, wait::SPACE, flags, &mut limit) {
                 Ok(()) => {}
                 Err(_) if sent > 0 => return Ok(sent),
                 Err(e) => return Err(e),
@@ -334,29 +335,55 @@ unsafe fn one<'a>(buf: *const c_void, len: size_t) -> [IoSlice<'a>; 1] {
 
 /// Receive on `fd` into a buffer list, or pass through.
 fn recv_common(fd: c_int, bufs: impl FnOnce() -> Result<Vec<IoSliceMut<'static>>, i32>, flags: c_int, pass_through: impl FnOnce() -> ssize_t) -> ssize_t {
-    boundary(-1, || match managed(fd, flags)? {
-        Some((c, s)) => {
-            let mut b = bufs()?;
-            match fabric_recv(fd, &c, &*s, &mut b, flags) {
-                Err(MOVED) => pass(pass_through()),
-                r => r.map(|n| n as ssize_t),
-            }
+    boundary(-1, || {
+        if let Some(c) = decided_fabric(fd) {
+            let s = c.decided.get().and_then(|d| d.as_deref()).expect("decided fabric");
+            return fabric_recv_pass(fd, &c, s, bufs, flags, pass_through);
         }
-        None => pass(pass_through()),
+        match managed(fd, flags)? {
+            Some((c, s)) => fabric_recv_pass(fd, &c, &*s, bufs, flags, pass_through),
+            None => pass(pass_through()),
+        }
     })
 }
 
+fn fabric_recv_pass(fd: c_int, c: &Conn, s: &dyn Stream, bufs: impl FnOnce() -> Result<Vec<IoSliceMut<'static>>, i32>, flags: c_int, pass_through: impl FnOnce() -> ssize_t) -> Result<ssize_t, i32> {
+    let mut b = bufs()?;
+    match fabric_recv(fd, c, s, &mut b, flags) {
+        Err(MOVED) => pass(pass_through()),
+        r => r.map(|n| n as ssize_t),
+    }
+}
+
+/// The hot path's lookup: the fd's connection if it is decided, on the fabric and not
+/// moved back; its stream is then borrowed from it (one reference count, not two).
+fn decided_fabric(fd: c_int) -> Option<Arc<Conn>> {
+    let c = conn_of(fd)?;
+    match c.decided.get() {
+        Some(Some(s)) if !s.moved() => Some(c),
+        _ => None,
+    }
+}
+
 fn send_common(fd: c_int, bufs: impl FnOnce() -> Result<Vec<IoSlice<'static>>, i32>, flags: c_int, pass_through: impl FnOnce() -> ssize_t) -> ssize_t {
-    boundary(-1, || match managed_for(fd, flags, true)? {
-        Some((c, s)) => {
-            let mut b = bufs()?;
-            match fabric_send(fd, &c, &*s, &mut b, flags) {
-                Err(MOVED) => pass(pass_through()),
-                r => r.map(|n| n as ssize_t),
-            }
+    boundary(-1, || {
+        if let Some(c) = decided_fabric(fd) {
+            let s = c.decided.get().and_then(|d| d.as_deref()).expect("decided fabric");
+            return fabric_send_pass(fd, &c, s, bufs, flags, pass_through);
         }
-        None => pass(pass_through()),
+        match managed_for(fd, flags, true)? {
+            Some((c, s)) => fabric_send_pass(fd, &c, &*s, bufs, flags, pass_through),
+            None => pass(pass_through()),
+        }
     })
+}
+
+fn fabric_send_pass(fd: c_int, c: &Conn, s: &dyn Stream, bufs: impl FnOnce() -> Result<Vec<IoSlice<'static>>, i32>, flags: c_int, pass_through: impl FnOnce() -> ssize_t) -> Result<ssize_t, i32> {
+    let mut b = bufs()?;
+    match fabric_send(fd, c, s, &mut b, flags) {
+        Err(MOVED) => pass(pass_through()),
+        r => r.map(|n| n as ssize_t),
+    }
 }
 
 pub unsafe fn read(fd: c_int, buf: *mut c_void, count: size_t) -> ssize_t {
@@ -563,7 +590,7 @@ fn fabric_send_from(fd: c_int, c: &Conn, s: &dyn Stream, count: usize, flags: c_
                 sent += n;
                 c.count_out(n);
             }
-            Err(StreamError::WouldBlock) => match block_on(fd, s, wait::SPACE, flags, &mut limit) {
+            Err(StreamError::WouldBlock) => match block_on(fd, c, s, wait::SPACE, flags, &mut limit) {
                 Ok(()) => {}
                 Err(_) if sent > 0 => break,
                 Err(e) => return Err(e),
@@ -689,7 +716,7 @@ pub unsafe fn splice(fd_in: c_int, off_in: *mut loff_t, fd_out: c_int, off_out: 
                         c.count_in(n);
                         return Ok(n as ssize_t);
                     }
-                    Err(StreamError::WouldBlock) => block_on(fd_in, &*s, wait::DATA, dontwait, &mut limit)?,
+                    Err(StreamError::WouldBlock) => block_on(fd_in, &c, &*s, wait::DATA, dontwait, &mut limit)?,
                     Err(StreamError::Moved) => return pass(pass_through()),
                     Err(e) => return Err(stream_errno(&*s, e, 0)),
                 }
@@ -1030,6 +1057,8 @@ pub unsafe fn fcntl(fd: c_int, cmd: c_int, arg: c_ulong) -> c_int {
         let saved = errno();
         dup_track(fd, r);
         set_errno(saved);
+    } else if cmd == libc::F_SETFL && r == 0 && DATA.get(fd) {
+        note_nonblocking(fd, arg as c_int & libc::O_NONBLOCK != 0);
     }
     r
 }
@@ -1040,11 +1069,30 @@ pub unsafe fn fcntl64(fd: c_int, cmd: c_int, arg: c_ulong) -> c_int {
         let saved = errno();
         dup_track(fd, r);
         set_errno(saved);
+    } else if cmd == libc::F_SETFL && r == 0 && DATA.get(fd) {
+        note_nonblocking(fd, arg as c_int & libc::O_NONBLOCK != 0);
     }
     r
 }
 
+/// The socket's O_NONBLOCK was just set or cleared through this process's hooks.
+fn note_nonblocking(fd: c_int, on: bool) {
+    if reentered() {
+        return;
+    }
+    if let Some(c) = conn_of(fd) {
+        c.note_nonblocking(on);
+    }
+}
+
 pub unsafe fn ioctl(fd: c_int, req: c_ulong, arg: *mut c_void) -> c_int {
+    if req == libc::FIONBIO && DATA.get(fd) && !arg.is_null() {
+        let r = (real().ioctl)(fd, req, arg);
+        if r == 0 {
+            note_nonblocking(fd, *(arg as *const c_int) != 0);
+        }
+        return r;
+    }
     if !DATA.get(fd) || reentered() || arg.is_null() || !matches!(req, libc::FIONREAD | libc::TIOCOUTQ) {
         return (real().ioctl)(fd, req, arg);
     }
@@ -1091,6 +1139,13 @@ pub unsafe fn setsockopt(fd: c_int, level: c_int, name: c_int, val: *const c_voi
     // socket; the fabric path reads the timeouts from it when it must block, and the
     // buffer sizes bound the ring (as they bound TCP's bytes in flight).
     let r = (real().setsockopt)(fd, level, name, val, len);
+    if r == 0 && level == libc::SOL_SOCKET && DATA.get(fd) && !reentered() {
+        // Timeouts (SO_RCVTIMEO/SO_SNDTIMEO, old and new layouts): read again when next
+        // needed.
+        if let Some(c) = conn_of(fd) {
+            c.forget_timeouts();
+        }
+    }
     if r == 0 && level == libc::SOL_SOCKET && matches!(name, libc::SO_SNDBUF | libc::SO_RCVBUF) && DATA.get(fd) && !reentered() {
         if let Some(Entry::Conn(c)) = table::get(fd) {
             if let Some(Some(s)) = c.decided.get() {

@@ -61,6 +61,7 @@ static FINI: extern "C" fn() = fini;
 extern "C" fn fork_prepare() {
     for (_, e) in table::all() {
         if let sock::Entry::Conn(c) = e {
+            c.before_fork();
             if let Some(Some(s)) = c.decided.get() {
                 s.before_fork();
             }

@@ -16,6 +16,7 @@ use rdmasock_transport::fabric::{Offer, Reason, Stream};
 use rdmasock_transport::registry::Held;
 use rdmasock_transport::stats::{SlotId, PATH_SHM, PATH_TCP, ROLE_CLIENT};
 use rdmasock_transport::sys;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, OnceLock};
 
 #[derive(Clone)]
@@ -69,6 +70,26 @@ pub struct Conn {
     /// Held for a whole send, so that concurrent writers never interleave inside one
     /// call (as Linux, for writes that fit the socket buffer).
     pub send_lock: Mutex<()>,
+    /// What this process knows of the open file description's O_NONBLOCK and of the
+    /// socket's timeouts, so that a call about to wait makes no system call to learn
+    /// them. Kept up to date by the fcntl/ioctl/setsockopt hooks; once the description
+    /// may be shared with another process (fork), whose changes no hook here sees, it is
+    /// asked every time.
+    cache: Cache,
+}
+
+struct Cache {
+    shared: AtomicBool,
+    /// 0 unknown, 1 blocking, 2 non-blocking.
+    nonblock: AtomicU8,
+    /// SO_RCVTIMEO, SO_SNDTIMEO in ns: u64::MAX unknown, 0 none.
+    timeo: [AtomicU64; 2],
+}
+
+impl Cache {
+    fn new() -> Cache {
+        Cache { shared: AtomicBool::new(false), nonblock: AtomicU8::new(0), timeo: [AtomicU64::new(u64::MAX), AtomicU64::new(u64::MAX)] }
+    }
 }
 
 /// How long a call on an undecided client may wait for the server's shim.
@@ -154,7 +175,7 @@ impl Conn {
     pub fn decided(role: u8, fd: i32, local: Option<SockAddr>, peer: Option<SockAddr>, stream: Option<Arc<dyn Stream>>, reason: Reason) -> Conn {
         let path = if stream.is_some() { PATH_SHM } else { PATH_TCP };
         let slot = state::stats().and_then(|t| t.alloc(fd, role, path, reason, local, peer));
-        let c = Conn { local, peer, slot, pending: Mutex::new(None), decided: OnceLock::new(), send_lock: Mutex::new(()) };
+        let c = Conn { local, peer, slot, pending: Mutex::new(None), decided: OnceLock::new(), send_lock: Mutex::new(()), cache: Cache::new() };
         let _ = c.decided.set(stream);
         c
     }
@@ -170,7 +191,62 @@ impl Conn {
             pending: Mutex::new(Some(Pending { offer, deadline_ns })),
             decided: OnceLock::new(),
             send_lock: Mutex::new(()),
+            cache: Cache::new(),
         }
+    }
+
+    /// Is the socket in non-blocking mode? (fcntl(F_GETFL) the first time, or every time
+    /// once the description is shared across processes)
+    pub fn is_nonblocking(&self, fd: i32) -> bool {
+        let shared = self.cache.shared.load(Ordering::Relaxed);
+        if !shared {
+            match self.cache.nonblock.load(Ordering::Relaxed) {
+                1 => return false,
+                2 => return true,
+                _ => {}
+            }
+        }
+        let Ok(on) = sys::is_nonblocking(fd) else { return false };
+        if !shared {
+            self.cache.nonblock.store(if on { 2 } else { 1 }, Ordering::Relaxed);
+        }
+        on
+    }
+
+    /// O_NONBLOCK was just changed through fcntl(F_SETFL) or ioctl(FIONBIO).
+    pub fn note_nonblocking(&self, on: bool) {
+        self.cache.nonblock.store(if on { 2 } else { 1 }, Ordering::Relaxed);
+    }
+
+    /// The socket's SO_RCVTIMEO or SO_SNDTIMEO (None: no limit).
+    pub fn timeout(&self, fd: i32, opt: i32) -> Option<std::time::Duration> {
+        let slot = &self.cache.timeo[(opt == libc::SO_SNDTIMEO) as usize];
+        let shared = self.cache.shared.load(Ordering::Relaxed);
+        if !shared {
+            match slot.load(Ordering::Relaxed) {
+                u64::MAX => {}
+                0 => return None,
+                ns => return Some(std::time::Duration::from_nanos(ns)),
+            }
+        }
+        let t = sys::sock_timeout(fd, opt).unwrap_or(None);
+        if !shared {
+            slot.store(t.map_or(0, |t| (t.as_nanos() as u64).clamp(1, u64::MAX - 1)), Ordering::Relaxed);
+        }
+        t
+    }
+
+    /// A socket option was set: the timeouts are read again when next needed.
+    pub fn forget_timeouts(&self) {
+        for t in &self.cache.timeo {
+            t.store(u64::MAX, Ordering::Relaxed);
+        }
+    }
+
+    /// At fork: the description is now shared with another process, whose fcntl and
+    /// setsockopt calls no hook of ours sees.
+    pub fn before_fork(&self) {
+        self.cache.shared.store(true, Ordering::Relaxed);
     }
 
     /// The connection's stream (None: kernel TCP), deciding a pending client first.

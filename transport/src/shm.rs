@@ -263,11 +263,29 @@ impl ShmStream {
     }
 
     fn periodic_liveness(&self) {
+        if self.liveness_due() {
+            self.probe_gone();
+        }
+    }
+
+    /// Has LIVENESS_CHECK_NS passed since the last look at the doorbell? (then the
+    /// caller looks: the clock is reset)
+    fn liveness_due(&self) -> bool {
         let now = sys::now_ns();
         if now.wrapping_sub(self.last_liveness_ns.load(Ordering::Relaxed)) > LIVENESS_CHECK_NS {
             self.last_liveness_ns.store(now, Ordering::Relaxed);
-            self.probe_gone();
+            return true;
         }
+        false
+    }
+
+    /// The peer set LEFT (it passed its socket on): noticed, as a hang-up is.
+    fn peer_left(&self) -> bool {
+        if self.peer().flags.load(Ordering::Acquire) & layout::side::LEFT != 0 {
+            self.ring_gone();
+            return true;
+        }
+        false
     }
 
     fn rx_avail(&self) -> Result<u64, Corrupt> {
@@ -642,7 +660,11 @@ impl ShmStream {
         // the producer sets WR_SHUT only after its last tail store, and its last bytes
         // are published before its doorbell can hang up.
         let shut = self.rx.lock().peer_flags() & pflags::WR_SHUT != 0;
-        let gone = !shut && self.probe_gone();
+        // The doorbell's hang-up costs a system call to see: look at most once per
+        // LIVENESS_CHECK_NS here. A read on an empty ring is the common case of a
+        // ping-pong, where the next bytes come within a microsecond; a hang-up is also
+        // seen by every wait (blocking calls, poll, select, epoll), which sets PEER_GONE.
+        let gone = !shut && (self.has(local::PEER_GONE) || self.peer_left() || self.liveness_due() && self.probe_gone());
         if shut || gone {
             if self.rx_avail().map_err(|_| self.broken())? > 0 {
                 return Ok(None);
