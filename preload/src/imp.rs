@@ -761,8 +761,11 @@ fn is_local(dst: &SockAddr) -> bool {
     found
 }
 
+/// A TCP socket (IPv4 or IPv6)? SO_PROTOCOL alone says it: IPPROTO_TCP is only ever a
+/// SOCK_STREAM of AF_INET or AF_INET6 (MPTCP and SCTP streams have their own numbers,
+/// and stay untouched). One system call on every connect and listen.
 fn is_inet_stream(fd: c_int) -> bool {
-    matches!(sys::sock_type(fd), Ok(libc::SOCK_STREAM)) && matches!(sys::sock_domain(fd), Ok(libc::AF_INET | libc::AF_INET6))
+    matches!(sys::getsockopt::<c_int>(fd, libc::SOL_SOCKET, libc::SO_PROTOCOL), Ok(libc::IPPROTO_TCP))
 }
 
 fn listener_matches(l: &ListenerRepr, dst: &SockAddr) -> bool {

@@ -68,6 +68,13 @@ impl Registry {
         if !private || st.st_uid != sys::getuid() {
             return Err(io::Error::from_raw_os_error(libc::EPERM));
         }
+        // Offers live in their own directory: they come and go with every connection,
+        // and the top directory's modification time is what keeps the listener cache.
+        match sys::mkdir(&format!("{dir}/{OFFERS}"), 0o700) {
+            Ok(()) => {}
+            Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {}
+            Err(e) => return Err(e),
+        }
         Ok(Registry { dir: dir.to_string(), netns: sys::netns_id(), listeners_seen: parking_lot::Mutex::new(None) })
     }
 
@@ -77,19 +84,25 @@ impl Registry {
 
     /// Write `bytes` as record `name`, locked shared, atomically visible.
     fn publish(&self, name: &str, bytes: &[u8]) -> io::Result<Held> {
-        let tmp = format!("{}/.t-{}-{:x}", self.dir, sys::getpid(), sys::random_u64());
+        self.publish_in(&self.dir, name, bytes)
+    }
+
+    /// As [`publish`](Self::publish), in directory `dir` (the registry or its offer
+    /// directory; the temporary is made there too, so that only `dir` changes).
+    fn publish_in(&self, dir: &str, name: &str, bytes: &[u8]) -> io::Result<Held> {
+        let tmp = format!("{}/.t-{}-{:x}", dir, sys::getpid(), sys::random_u64());
         // Kept open for the record's life: out of the application's fd range.
         let fd = crate::wait::hide_fd(sys::open(&tmp, libc::O_RDWR | libc::O_CREAT | libc::O_EXCL, 0o600)?);
         let done = (|| {
             sys::flock(&fd, libc::LOCK_SH)?;
             sys::pwrite_all(&fd, bytes, 0)?;
-            sys::rename(&tmp, &format!("{}/{}", self.dir, name))
+            sys::rename(&tmp, &format!("{}/{}", dir, name))
         })();
         if let Err(e) = done {
             let _ = sys::unlink(&tmp);
             return Err(e);
         }
-        Ok(Held { path: format!("{}/{}", self.dir, name), fd })
+        Ok(Held { path: format!("{}/{}", dir, name), fd })
     }
 
     pub fn register_listener(&self, l: &ListenerRepr) -> io::Result<Held> {
@@ -145,14 +158,18 @@ impl Registry {
         out
     }
 
+    fn offer_dir(&self) -> String {
+        format!("{}/{OFFERS}", self.dir)
+    }
+
     pub fn post_offer(&self, inode: u64, o: &OfferRepr) -> io::Result<Held> {
-        self.publish(&offer_name(inode), &o.emit())
+        self.publish_in(&self.offer_dir(), &offer_name(inode), &o.emit())
     }
 
     /// The offer made by the client socket with this inode, if there is a live one. The
     /// caller removes it once it has decided ([`Registry::remove_offer`]).
     pub fn find_offer(&self, inode: u64) -> Option<OfferRepr> {
-        let path = format!("{}/{}", self.dir, offer_name(inode));
+        let path = format!("{}/{}", self.offer_dir(), offer_name(inode));
         let fd = sys::open(&path, libc::O_RDONLY, 0).ok()?;
         if self.reap_if_dead(&path, &fd) {
             return None;
@@ -163,7 +180,7 @@ impl Registry {
     }
 
     pub fn remove_offer(&self, inode: u64) {
-        let _ = sys::unlink(&format!("{}/{}", self.dir, offer_name(inode)));
+        let _ = sys::unlink(&format!("{}/{}", self.offer_dir(), offer_name(inode)));
     }
 
     pub fn publish_table(&self, len: u64) -> io::Result<Held> {
@@ -200,21 +217,27 @@ impl Registry {
         }
     }
 
-    /// Remove every record whose owner is gone (and temporaries of dead writers).
+    /// Remove every record whose owner is gone (and temporaries of dead writers), in the
+    /// registry and its offer directory.
     pub fn sweep(&self) -> usize {
         let mut n = 0;
-        for name in self.names() {
-            // A temporary is briefly unlocked between its creation and its lock: only
-            // its writer's death makes it garbage.
-            if let Some(pid) = name.strip_prefix(".t-").and_then(|r| r.split('-').next()).and_then(|p| p.parse::<i32>().ok()) {
-                if sys::process_exists(pid) {
+        for dir in [self.dir.clone(), self.offer_dir()] {
+            for name in names_in(&dir) {
+                if name == OFFERS {
                     continue;
                 }
-            }
-            let path = format!("{}/{}", self.dir, name);
-            if let Ok(fd) = sys::open(&path, libc::O_RDONLY, 0) {
-                if self.reap_if_dead(&path, &fd) {
-                    n += 1;
+                // A temporary is briefly unlocked between its creation and its lock: only
+                // its writer's death makes it garbage.
+                if let Some(pid) = name.strip_prefix(".t-").and_then(|r| r.split('-').next()).and_then(|p| p.parse::<i32>().ok()) {
+                    if sys::process_exists(pid) {
+                        continue;
+                    }
+                }
+                let path = format!("{}/{}", dir, name);
+                if let Ok(fd) = sys::open(&path, libc::O_RDONLY, 0) {
+                    if self.reap_if_dead(&path, &fd) {
+                        n += 1;
+                    }
                 }
             }
         }
@@ -240,12 +263,19 @@ impl Registry {
     }
 
     fn names(&self) -> Vec<String> {
-        match std::fs::read_dir(&self.dir) {
-            Ok(rd) => rd.filter_map(|e| e.ok()).filter_map(|e| e.file_name().into_string().ok()).collect(),
-            Err(_) => Vec::new(),
-        }
+        names_in(&self.dir)
     }
 }
+
+fn names_in(dir: &str) -> Vec<String> {
+    match std::fs::read_dir(dir) {
+        Ok(rd) => rd.filter_map(|e| e.ok()).filter_map(|e| e.file_name().into_string().ok()).collect(),
+        Err(_) => Vec::new(),
+    }
+}
+
+/// The offer directory's name inside the registry.
+pub const OFFERS: &str = "offers";
 
 fn offer_name(inode: u64) -> String {
     format!("o-{inode}")
@@ -274,6 +304,7 @@ mod tests {
         assert!(std::path::Path::new(&path).exists());
         assert!(reg.listeners(5555).is_empty());
         assert!(!std::path::Path::new(&path).exists(), "dead record reaped on lookup");
+        std::fs::remove_dir(format!("{dir}/{OFFERS}")).unwrap();
         std::fs::remove_dir(&dir).unwrap();
     }
 

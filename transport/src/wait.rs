@@ -67,7 +67,7 @@ pub fn hidden_dup(fd: RawFd) -> io::Result<Fd> {
 
 fn dup_high(fd: RawFd) -> Option<RawFd> {
     use std::sync::atomic::Ordering;
-    let top = sys::nofile_limit().min(1 << 20) as RawFd;
+    let top = fd_top();
     let mut base = HIDE_HINT.load(Ordering::Relaxed).min(top - HIDE_WINDOW).max(fd_floor());
     loop {
         match sys::dup_min(fd, base) {
@@ -79,6 +79,22 @@ fn dup_high(fd: RawFd) -> Option<RawFd> {
             Err(_) => return None,
         }
     }
+}
+
+/// RLIMIT_NOFILE (capped), asked again every 64th time: programs raise it at start-up
+/// (redis, nginx), and the top moves with it; in between, a stale value only places a
+/// hidden fd lower than it could be.
+fn fd_top() -> RawFd {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static TOP: AtomicU32 = AtomicU32::new(0);
+    static USES: AtomicU32 = AtomicU32::new(0);
+    let cached = TOP.load(Ordering::Relaxed);
+    if cached != 0 && USES.fetch_add(1, Ordering::Relaxed) % 64 != 0 {
+        return cached as RawFd;
+    }
+    let top = sys::nofile_limit().min(1 << 20) as u32;
+    TOP.store(top, Ordering::Relaxed);
+    top as RawFd
 }
 
 /// A hidden fd closed: its window has room again.

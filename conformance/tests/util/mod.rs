@@ -431,17 +431,28 @@ impl TestEnv {
                 "{}: rdmasock stat lists connections after every process exited: {live:?}",
                 self.name
             );
-            let left: Vec<_> = fs::read_dir(dir)
-                .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
-                .map(|e| e.map(|e| e.file_name()))
-                .collect::<Result<_, _>>()
-                .unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
+            // The registry holds nothing but its (empty) offer directory.
+            let list = |d: &Path| -> Vec<std::ffi::OsString> {
+                fs::read_dir(d)
+                    .unwrap_or_else(|e| panic!("{}: {e}", d.display()))
+                    .map(|e| e.map(|e| e.file_name()))
+                    .collect::<Result<_, _>>()
+                    .unwrap_or_else(|e| panic!("{}: {e}", d.display()))
+            };
+            let offers = dir.join("offers");
+            let mut left: Vec<_> = list(dir).into_iter().filter(|n| n != "offers").collect();
+            if offers.exists() {
+                left.extend(list(&offers));
+            }
             assert!(
                 left.is_empty(),
                 "{}: RDMASOCK_DIR {} is not empty after rdmasock stat: {left:?}",
                 self.name,
                 dir.display()
             );
+            if offers.exists() {
+                fs::remove_dir(&offers).unwrap_or_else(|e| panic!("{}: {e}", offers.display()));
+            }
             fs::remove_dir(dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
         }
         fs::remove_dir_all(&self.scratch)
