@@ -94,29 +94,38 @@ fn conn_of(fd: c_int) -> Option<Arc<Conn>> {
 /// socket without MSG_DONTWAIT; bounded by the claim deadline), or if it is a write,
 /// which TCP would queue at once (after a moment's wait for a server inside accept).
 /// A non-blocking read fails with EAGAIN, as on a socket with nothing to read yet.
-fn managed(fd: c_int, flags: c_int) -> Result<Option<(Arc<Conn>, Arc<dyn Stream>)>, i32> {
+///
+/// The connection comes back only when it is on the fabric; its stream is then borrowed
+/// from it ([`Conn::fabric`]), so that the hot path takes one reference count, not two.
+fn managed(fd: c_int, flags: c_int) -> Result<Option<Arc<Conn>>, i32> {
     managed_for(fd, flags, false)
 }
 
-fn managed_for(fd: c_int, flags: c_int, write: bool) -> Result<Option<(Arc<Conn>, Arc<dyn Stream>)>, i32> {
+fn managed_for(fd: c_int, flags: c_int, write: bool) -> Result<Option<Arc<Conn>>, i32> {
     let Some(c) = conn_of(fd) else { return Ok(None) };
-    let need = if c.decided.get().is_some() || (flags & libc::MSG_DONTWAIT == 0 && !c.is_nonblocking(fd)) {
-        Need::Wait
-    } else if write {
-        Need::Soon
-    } else {
-        Need::Peek
-    };
-    match c.stream(fd, need) {
-        Ok(Some(s)) if !s.moved() => Ok(Some((c, s))),
-        Ok(_) => {
-            // On kernel TCP (from the start, or moved back): straight to libc from now.
-            DATA.set(fd, false);
-            Ok(None)
+    let on_fabric = match c.decided.get() {
+        Some(d) => d.as_ref().is_some_and(|s| !s.moved()),
+        None => {
+            let need = if flags & libc::MSG_DONTWAIT == 0 && !c.is_nonblocking(fd) {
+                Need::Wait
+            } else if write {
+                Need::Soon
+            } else {
+                Need::Peek
+            };
+            match c.stream(fd, need) {
+                Ok(s) => s.is_some_and(|s| !s.moved()),
+                Err(Undecided::Connecting) => return Ok(None),
+                Err(Undecided::Offered) => return Err(libc::EAGAIN),
+            }
         }
-        Err(Undecided::Connecting) => Ok(None),
-        Err(Undecided::Offered) => Err(libc::EAGAIN),
+    };
+    if !on_fabric {
+        // On kernel TCP (from the start, or moved back): straight to libc from now.
+        DATA.set(fd, false);
+        return Ok(None);
     }
+    Ok(Some(c))
 }
 
 /// What poll sees behind a managed fd.
@@ -335,55 +344,29 @@ unsafe fn one<'a>(buf: *const c_void, len: size_t) -> [IoSlice<'a>; 1] {
 
 /// Receive on `fd` into a buffer list, or pass through.
 fn recv_common(fd: c_int, bufs: impl FnOnce() -> Result<Vec<IoSliceMut<'static>>, i32>, flags: c_int, pass_through: impl FnOnce() -> ssize_t) -> ssize_t {
-    boundary(-1, || {
-        if let Some(c) = decided_fabric(fd) {
-            let s = c.decided.get().and_then(|d| d.as_deref()).expect("decided fabric");
-            return fabric_recv_pass(fd, &c, s, bufs, flags, pass_through);
+    boundary(-1, || match managed(fd, flags)? {
+        Some(c) => {
+            let mut b = bufs()?;
+            match fabric_recv(fd, &c, c.fabric(), &mut b, flags) {
+                Err(MOVED) => pass(pass_through()),
+                r => r.map(|n| n as ssize_t),
+            }
         }
-        match managed(fd, flags)? {
-            Some((c, s)) => fabric_recv_pass(fd, &c, &*s, bufs, flags, pass_through),
-            None => pass(pass_through()),
-        }
+        None => pass(pass_through()),
     })
-}
-
-fn fabric_recv_pass(fd: c_int, c: &Conn, s: &dyn Stream, bufs: impl FnOnce() -> Result<Vec<IoSliceMut<'static>>, i32>, flags: c_int, pass_through: impl FnOnce() -> ssize_t) -> Result<ssize_t, i32> {
-    let mut b = bufs()?;
-    match fabric_recv(fd, c, s, &mut b, flags) {
-        Err(MOVED) => pass(pass_through()),
-        r => r.map(|n| n as ssize_t),
-    }
-}
-
-/// The hot path's lookup: the fd's connection if it is decided, on the fabric and not
-/// moved back; its stream is then borrowed from it (one reference count, not two).
-fn decided_fabric(fd: c_int) -> Option<Arc<Conn>> {
-    let c = conn_of(fd)?;
-    match c.decided.get() {
-        Some(Some(s)) if !s.moved() => Some(c),
-        _ => None,
-    }
 }
 
 fn send_common(fd: c_int, bufs: impl FnOnce() -> Result<Vec<IoSlice<'static>>, i32>, flags: c_int, pass_through: impl FnOnce() -> ssize_t) -> ssize_t {
-    boundary(-1, || {
-        if let Some(c) = decided_fabric(fd) {
-            let s = c.decided.get().and_then(|d| d.as_deref()).expect("decided fabric");
-            return fabric_send_pass(fd, &c, s, bufs, flags, pass_through);
+    boundary(-1, || match managed_for(fd, flags, true)? {
+        Some(c) => {
+            let mut b = bufs()?;
+            match fabric_send(fd, &c, c.fabric(), &mut b, flags) {
+                Err(MOVED) => pass(pass_through()),
+                r => r.map(|n| n as ssize_t),
+            }
         }
-        match managed_for(fd, flags, true)? {
-            Some((c, s)) => fabric_send_pass(fd, &c, &*s, bufs, flags, pass_through),
-            None => pass(pass_through()),
-        }
+        None => pass(pass_through()),
     })
-}
-
-fn fabric_send_pass(fd: c_int, c: &Conn, s: &dyn Stream, bufs: impl FnOnce() -> Result<Vec<IoSlice<'static>>, i32>, flags: c_int, pass_through: impl FnOnce() -> ssize_t) -> Result<ssize_t, i32> {
-    let mut b = bufs()?;
-    match fabric_send(fd, c, s, &mut b, flags) {
-        Err(MOVED) => pass(pass_through()),
-        r => r.map(|n| n as ssize_t),
-    }
 }
 
 pub unsafe fn read(fd: c_int, buf: *mut c_void, count: size_t) -> ssize_t {
@@ -603,7 +586,8 @@ fn fabric_send_from(fd: c_int, c: &Conn, s: &dyn Stream, count: usize, flags: c_
 }
 
 unsafe fn sendfile_any(out_fd: c_int, in_fd: c_int, offset: Option<*mut i64>, count: size_t) -> Result<ssize_t, i32> {
-    let Some((c, s)) = managed_for(out_fd, 0, true)? else { return Err(-1) };
+    let Some(c) = managed_for(out_fd, 0, true)? else { return Err(-1) };
+    let s = c.fabric();
     // As Linux: the source must be open for reading (EBADF) and a file that can be read
     // page by page, not a directory, socket or pipe (EINVAL).
     let fl = sys::fcntl(in_fd, libc::F_GETFL, 0).map_err(|e| e.raw_os_error().unwrap_or(libc::EBADF))?;
@@ -683,7 +667,8 @@ pub unsafe fn splice(fd_in: c_int, off_in: *mut loff_t, fd_out: c_int, off_out: 
         if !other.1.is_null() {
             return Err(libc::ESPIPE);
         }
-        if let Some((c, s)) = managed_for(fd_out, dontwait, true)? {
+        if let Some(c) = managed_for(fd_out, dontwait, true)? {
+            let s = c.fabric();
             // pipe -> socket
             let mut src = |p: *mut u8, n: usize| sys::read_raw(fd_in, p, n);
             return match fabric_send_from(fd_out, &c, &*s, len, dontwait, &mut src) {
@@ -691,7 +676,8 @@ pub unsafe fn splice(fd_in: c_int, off_in: *mut loff_t, fd_out: c_int, off_out: 
                 r => r.map(|n| n as ssize_t),
             };
         }
-        if let Some((c, s)) = managed(fd_in, dontwait)? {
+        if let Some(c) = managed(fd_in, dontwait)? {
+            let s = c.fabric();
             // socket -> pipe: move only what the pipe can take now, so that neither the
             // pipe nor the ring lock is ever waited on while holding the other.
             let mut limit = Limit::default();
@@ -1100,7 +1086,8 @@ pub unsafe fn ioctl(fd: c_int, req: c_ulong, arg: *mut c_void) -> c_int {
         return (real().ioctl)(fd, req, arg);
     }
     boundary(-1, || match managed(fd, libc::MSG_DONTWAIT).unwrap_or(None) {
-        Some((_, s)) => {
+        Some(c) => {
+            let s = c.fabric();
             // FIONREAD is SIOCINQ; TIOCOUTQ is SIOCOUTQ.
             let v = if req == libc::FIONREAD { s.rx_pending() } else { s.tx_pending() };
             *(arg as *mut c_int) = v.min(c_int::MAX as usize) as c_int;
@@ -1121,7 +1108,8 @@ pub unsafe fn getsockopt(fd: c_int, level: c_int, name: c_int, val: *mut c_void,
         return pass_through();
     }
     boundary(-1, || {
-        let Ok(Some((_, s))) = managed(fd, libc::MSG_DONTWAIT) else { return pass(pass_through()) };
+        let Ok(Some(c)) = managed(fd, libc::MSG_DONTWAIT) else { return pass(pass_through()) };
+        let s = c.fabric();
         s.probe();
         let ours = s.take_error();
         if !ours && s.peer_gone() {

@@ -132,9 +132,8 @@ fn hear(fd: i32, offer: &dyn Offer, until: u64) -> Heard {
         }
         let now = sys::now_ns();
         let ms = if now >= until { 0 } else { (until - now).div_ceil(1_000_000).min(i32::MAX as u64) as i32 };
-        // The doorbell is not read here: the server writes its byte after its CAS, so a
-        // readable bell means the state above will have changed. The byte stays as a
-        // spurious wake-up of the stream, which is harmless.
+        // The server writes its byte after its CAS, so a readable bell means the state
+        // has changed; the byte is drained (only what is there) and the loop reads it.
         let mut pf = [
             libc::pollfd { fd, events: libc::POLLIN | libc::POLLRDHUP, revents: 0 },
             libc::pollfd { fd: offer.doorbell(), events: libc::POLLIN, revents: 0 },
@@ -155,9 +154,8 @@ fn hear(fd: i32, offer: &dyn Offer, until: u64) -> Heard {
                 None => Heard::Nothing,
             };
         }
-        if pf[1].revents & libc::POLLIN != 0 && offer.decision(std::time::Duration::ZERO).is_none() {
-            // A byte with no decision behind it (left over): do not spin on it.
-            std::thread::sleep(std::time::Duration::from_millis(1).min(std::time::Duration::from_nanos(until.saturating_sub(sys::now_ns()))));
+        if pf[1].revents != 0 {
+            rdmasock_transport::wait::drain_after_poll(pf[1].fd, pf[1].revents);
         }
     }
 }
@@ -193,6 +191,11 @@ impl Conn {
             send_lock: Mutex::new(()),
             cache: Cache::new(),
         }
+    }
+
+    /// The stream of a connection decided for the fabric (what `imp::managed` hands out).
+    pub fn fabric(&self) -> &dyn Stream {
+        self.decided.get().and_then(|d| d.as_deref()).expect("a connection decided for the fabric")
     }
 
     /// Is the socket in non-blocking mode? (fcntl(F_GETFL) the first time, or every time
