@@ -806,11 +806,14 @@ pub unsafe fn connect(fd: c_int, addr: *const sockaddr, len: socklen_t) -> c_int
         let (Some(reg), Some(fab)) = (state::registry(), state::fabric()) else {
             return fallback(Reason::RegistryUnavailable);
         };
-        if !reg.listeners(dst.port()).iter().any(|l| listener_matches(l, &dst)) {
+        let listeners: Vec<ListenerRepr> = reg.listeners(dst.port()).into_iter().filter(|l| listener_matches(l, &dst)).collect();
+        if listeners.is_empty() {
             return fallback(Reason::NoShimListener);
         }
-
-        let offer = match fab.offer(fd) {
+        // One listener: the offer can go straight into its mailbox. Several (SO_REUSEPORT
+        // groups): the kernel picks, so the offer is a file any of them finds.
+        let to = if listeners.len() == 1 { listeners.first() } else { None };
+        let offer = match fab.offer(fd, to) {
             Ok(o) => o,
             Err(e) => {
                 crate::log_at!(LogLevel::Debug, "offer failed: {e}");
@@ -898,7 +901,7 @@ pub unsafe fn listen(fd: c_int, backlog: c_int) -> c_int {
         reg.sweep();
         let v6only = matches!(sys::sock_domain(fd), Ok(libc::AF_INET6))
             && sys::getsockopt::<c_int>(fd, libc::IPPROTO_IPV6, libc::IPV6_V6ONLY).unwrap_or(0) != 0;
-        let rec = ListenerRepr { addr: local.ip_bytes(), port: local.port(), flags: if v6only { LISTENER_V6ONLY } else { 0 }, pid: sys::getpid() };
+        let rec = ListenerRepr { addr: local.ip_bytes(), port: local.port(), flags: if v6only { LISTENER_V6ONLY } else { 0 }, pid: sys::getpid(), mbox_fd: -1, mbox_ino: 0 };
         match reg.register_listener(&rec) {
             Ok(held) => {
                 crate::log_at!(LogLevel::Debug, "listen fd={fd} local={local}: registered");

@@ -119,13 +119,61 @@ fn query(family: u8, src: SockAddr, dst: SockAddr) -> io::Result<Option<PeerSock
         },
         req,
     };
-    let fd = nl_socket()?;
-    // SAFETY: msg is plain old data of the given size.
-    let bytes = unsafe { std::slice::from_raw_parts(&msg as *const Msg as *const u8, size_of::<Msg>()) };
-    crate::sys::send(fd.raw(), bytes, 0)?;
-    let mut buf = [0u8; 1024];
-    let n = crate::sys::recv(fd.raw(), &mut buf, 0)?;
-    parse_reply(&buf[..n])
+    NL.with(|msg_seq, fd| {
+        let mut msg = msg;
+        msg.hdr.seq = msg_seq;
+        // SAFETY: msg is plain old data of the given size.
+        let bytes = unsafe { std::slice::from_raw_parts(&msg as *const Msg as *const u8, size_of::<Msg>()) };
+        crate::sys::send(fd, bytes, 0)?;
+        // The kernel answers within the send; an answer to an earlier question that was
+        // never read (its reader was interrupted) is skipped by its sequence number.
+        let mut buf = [0u8; 1024];
+        loop {
+            let n = crate::sys::recv(fd, &mut buf, 0)?;
+            if seq_of(&buf[..n]) == Some(msg_seq) {
+                return parse_reply(&buf[..n]);
+            }
+        }
+    })
+}
+
+/// The process's sock_diag socket: opened on first use, kept (hidden, close-on-exec),
+/// replaced in a forked child, which must not read its parent's answers.
+struct NlCache(parking_lot::Mutex<Option<(u32, u32, crate::sys::Fd)>>);
+
+static NL: NlCache = NlCache(parking_lot::Mutex::new(None));
+
+impl NlCache {
+    fn with<T>(&self, f: impl FnOnce(u32, i32) -> io::Result<T>) -> io::Result<T> {
+        use std::os::fd::AsRawFd;
+        // Busy (another thread is asking, or a fork left the lock taken): a socket of
+        // our own for this one question.
+        let Some(mut g) = self.0.try_lock() else {
+            let fd = nl_socket()?;
+            return f(1, fd.as_raw_fd());
+        };
+        let pid = crate::sys::getpid();
+        if !matches!(g.as_ref(), Some((owner, _, _)) if *owner == pid) {
+            // A forked child closes its copy of the parent's socket.
+            *g = None;
+            *g = Some((pid, 0, crate::wait::hide_fd(nl_socket()?)));
+        }
+        let (_, seq, fd) = g.as_mut().expect("set above");
+        *seq = seq.wrapping_add(1).max(2);
+        let r = f(*seq, fd.as_raw_fd());
+        if r.is_err() {
+            // A broken socket is not kept.
+            *g = None;
+        }
+        r
+    }
+}
+
+fn seq_of(b: &[u8]) -> Option<u32> {
+    (b.len() >= size_of::<NlMsgHdr>()).then(|| {
+        // SAFETY: length checked; read_unaligned copes with any alignment.
+        unsafe { std::ptr::read_unaligned(b.as_ptr() as *const NlMsgHdr) }.seq
+    })
 }
 
 fn parse_reply(b: &[u8]) -> io::Result<Option<PeerSocket>> {
@@ -146,19 +194,7 @@ fn parse_reply(b: &[u8]) -> io::Result<Option<PeerSocket>> {
     Ok(Some(PeerSocket { uid: m.uid, inode: m.inode as u64 }))
 }
 
-struct Fd(i32);
-impl Fd {
-    fn raw(&self) -> i32 {
-        self.0
-    }
-}
-impl Drop for Fd {
-    fn drop(&mut self) {
-        let _ = crate::sys::close(self.0);
-    }
-}
-
-fn nl_socket() -> io::Result<Fd> {
+fn nl_socket() -> io::Result<crate::sys::Fd> {
     // Raw system call: socket() is intercepted by the preload library.
     // SAFETY: plain syscall.
     let r = unsafe {
@@ -167,7 +203,7 @@ fn nl_socket() -> io::Result<Fd> {
     if r < 0 {
         return Err(io::Error::last_os_error());
     }
-    Ok(Fd(r as i32))
+    Ok(crate::sys::owned(r as i32))
 }
 
 #[cfg(test)]

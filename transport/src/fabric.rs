@@ -231,8 +231,10 @@ pub trait Offer: Send + Sync {
 pub trait Fabric: Send + Sync {
     fn name(&self) -> &'static str;
     fn caps(&self) -> Caps;
-    /// Post an offer for the client socket `sock`, before connect.
-    fn offer(&self, sock: RawFd) -> io::Result<Box<dyn Offer>>;
+    /// Post an offer for the client socket `sock`, before connect; `to` is the
+    /// registered listener it connects to, when it is known to be the only one (a
+    /// fabric may post to it directly).
+    fn offer(&self, sock: RawFd, to: Option<&crate::layout::ListenerRepr>) -> io::Result<Box<dyn Offer>>;
     /// At accept: claim the offer of the client socket `peer_inode`, if there is one,
     /// for our accepted socket `sock`.
     fn claim(&self, peer_inode: u64, sock: RawFd) -> Result<Arc<dyn Stream>, Reason>;

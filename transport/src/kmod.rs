@@ -1070,7 +1070,7 @@ impl Fabric for Kmod {
         Caps(Caps::SAME_KERNEL | Caps::KERNEL_VERIFIED_PEER | Caps::POLLABLE_DOORBELL)
     }
 
-    fn offer(&self, sock: RawFd) -> io::Result<Box<dyn Offer>> {
+    fn offer(&self, sock: RawFd, _to: Option<&crate::layout::ListenerRepr>) -> io::Result<Box<dyn Offer>> {
         let ep = Endpoint::open(self.ring)?;
         uapi::offer(ep.fd(), sock)?;
         let sock = crate::wait::hidden_dup(sock)?;

@@ -83,6 +83,10 @@ pub mod side {
     /// last published indices on, the connection is kernel TCP's, as when its doorbell
     /// hangs up.
     pub const LEFT: u32 = 1;
+    /// The server side is done with the segment for good: its last access, made by a
+    /// stream that only one process used. The client may then reuse the segment for
+    /// its next offer (shm.rs, `Pool`).
+    pub const RELEASED: u32 = 2;
 }
 
 /// The producer's line of one direction.
@@ -265,6 +269,50 @@ impl OfferRepr {
     }
 }
 
+/// A listener's mailbox (mailbox.rs): a header, then `MBOX_SLOTS` slots, each written by
+/// the client that owns it and read by the listener's processes.
+pub const MBOX_MAGIC: u32 = u32::from_le_bytes(*b"RDMB");
+pub const MBOX_VERSION: u32 = 1;
+pub const MBOX_SLOTS: usize = 256;
+pub const MBOX_HEADER_SIZE: usize = 128;
+
+#[repr(C)]
+pub struct MboxHeader {
+    /// Written by the creator before the listener record names the mailbox; never changed.
+    pub magic: u32,
+    pub version: u32,
+    pub slots: u32,
+}
+
+/// One posted offer. 128 bytes, so that clients posting at once do not share lines.
+#[repr(C, align(128))]
+pub struct MboxSlot {
+    /// Sequence count, odd while the owner changes `inode` and `rec` (seqlock: the owner
+    /// stores it odd, fences (Release), writes, stores it even (Release); a reader loads
+    /// it (Acquire), copies, fences (Acquire), and keeps the copy only if it is even and
+    /// unchanged).
+    pub seq: AtomicU32,
+    /// The pid of the client that holds the slot, 0 if free. Taken by compare-and-swap
+    /// from 0 (or from a pid that no longer exists), freed with a Release store of 0.
+    pub owner: AtomicU32,
+    /// The client socket's inode, as sock_diag will report it to the acceptor; 0: none.
+    pub inode: AtomicU64,
+    /// The offer record (`OfferRecord`, 64 bytes), as eight little-endian words.
+    pub rec: [AtomicU64; 8],
+}
+
+pub fn mailbox_len() -> usize {
+    MBOX_HEADER_SIZE + MBOX_SLOTS * std::mem::size_of::<MboxSlot>()
+}
+
+const _: () = {
+    assert!(size_of::<MboxHeader>() <= MBOX_HEADER_SIZE);
+    assert!(size_of::<MboxSlot>() == 128);
+    assert!(offset_of!(MboxSlot, inode) == 8);
+    assert!(offset_of!(MboxSlot, rec) == 16);
+    assert!(OFFER_LEN == 64);
+};
+
 /// A listening shim's registration (`l-<netns>-<port>-<pid>-<nonce>`): the bound address,
 /// so that a client connecting to another address on the same port does not offer.
 pub struct ListenerRecord<T: AsRef<[u8]>> {
@@ -280,11 +328,15 @@ mod listener_field {
     pub const PORT: Range<usize> = 6..8;
     pub const ADDR: Range<usize> = 8..24;
     pub const PID: Range<usize> = 24..28;
-    pub const LEN: usize = 32;
+    /// The listener's mailbox, as an fd number in the listener's /proc/PID/fd (-1: none)
+    /// and the inode it must have.
+    pub const MBOX_FD: Range<usize> = 28..32;
+    pub const MBOX_INO: Range<usize> = 32..40;
+    pub const LEN: usize = 40;
 }
 
 pub const LISTENER_MAGIC: u32 = u32::from_le_bytes(*b"RDLS");
-pub const LISTENER_VERSION: u8 = 1;
+pub const LISTENER_VERSION: u8 = 2;
 pub const LISTENER_LEN: usize = listener_field::LEN;
 pub const LISTENER_V6ONLY: u8 = 1;
 
@@ -294,6 +346,8 @@ pub struct ListenerRepr {
     pub port: u16,
     pub flags: u8,
     pub pid: u32,
+    pub mbox_fd: i32,
+    pub mbox_ino: u64,
 }
 
 impl<T: AsRef<[u8]>> ListenerRecord<T> {
@@ -319,6 +373,8 @@ impl<T: AsRef<[u8]>> ListenerRecord<T> {
             port: field_get!(b, u16, listener_field::PORT),
             flags: b[listener_field::FLAGS],
             pid: field_get!(b, u32, listener_field::PID),
+            mbox_fd: field_get!(b, i32, listener_field::MBOX_FD),
+            mbox_ino: field_get!(b, u64, listener_field::MBOX_INO),
         }
     }
 }
@@ -332,6 +388,8 @@ impl ListenerRepr {
         b[listener_field::PORT].copy_from_slice(&self.port.to_le_bytes());
         b[listener_field::ADDR].copy_from_slice(&self.addr);
         b[listener_field::PID].copy_from_slice(&self.pid.to_le_bytes());
+        b[listener_field::MBOX_FD].copy_from_slice(&self.mbox_fd.to_le_bytes());
+        b[listener_field::MBOX_INO].copy_from_slice(&self.mbox_ino.to_le_bytes());
         b
     }
 }
@@ -383,7 +441,7 @@ mod tests {
 
     #[test]
     fn listener_round_trips() {
-        let l = ListenerRepr { addr: [0; 16], port: 6379, flags: LISTENER_V6ONLY, pid: 7 };
+        let l = ListenerRepr { addr: [0; 16], port: 6379, flags: LISTENER_V6ONLY, pid: 7, mbox_fd: 900, mbox_ino: 77 };
         let b = l.emit();
         assert_eq!(&b[0..4], b"RDLS");
         assert_eq!(&b[6..8], &6379u16.to_le_bytes());

@@ -2,11 +2,12 @@
 //! records, each alive exactly as long as its owner holds a lock on it.
 //!
 //! * `l-<netns>-<port>-<pid>-<nonce>`: a listening shim (a [`ListenerRecord`]).
-//! * `o-<inode>`: a connecting shim's offer, named by its socket's inode (an
+//! * `offers/o-<inode>`: a connecting shim's offer, named by its socket's inode (an
 //!   [`OfferRecord`]); the accepting shim learns that inode from the kernel (sock_diag).
+//!   Offers live for one connect and are not locked (see [`Registry::post_offer`]).
 //! * `p-<pid>-<nonce>`: a process's connection table, for `rdmasock stat`.
 //!
-//! Liveness: the owner holds `flock(LOCK_SH)` on the record's open file description for
+//! Liveness of the others: the owner holds `flock(LOCK_SH)` on the record's open file description for
 //! as long as the record is meant to exist. The lock is shared by forked children (same
 //! description) and disappears with the last holder, whatever way it dies; anyone who can
 //! take `LOCK_EX` on a record finds it dead and removes it ([`Registry::sweep`]). Records
@@ -17,6 +18,8 @@ use crate::layout::{ListenerRecord, ListenerRepr, OfferRecord, OfferRepr, LISTEN
 use crate::sys;
 use std::io;
 use std::os::fd::AsRawFd;
+use crate::mailbox::Mailbox;
+use std::sync::{Arc, Weak};
 use crate::sys::Fd;
 
 pub struct Registry {
@@ -27,7 +30,41 @@ pub struct Registry {
     /// costs far more than a stat. A new record changes the time, so a cached answer is
     /// never short of a listener; a cached listener for the port asked about is checked
     /// to be alive before it is believed.
-    listeners_seen: parking_lot::Mutex<Option<((i64, i64), Vec<(String, ListenerRepr)>)>>,
+    listeners_seen: parking_lot::Mutex<Option<((i64, i64), Vec<Arc<Seen>>)>>,
+    /// The mailboxes of our own listeners (and of those a fork inherited): where
+    /// offers made to us are looked for first.
+    own_boxes: parking_lot::Mutex<Vec<Weak<Mailbox>>>,
+    /// Listeners' mailboxes we have posted to, by (pid, inode): mapped once, kept
+    /// (at most `PEER_BOXES`; a mapping keeps its inode from being reused, so a key
+    /// never names another mailbox).
+    peer_boxes: parking_lot::Mutex<Vec<((u32, u64), Arc<Mailbox>)>>,
+}
+
+const PEER_BOXES: usize = 8;
+
+/// Where an offer was posted, to remove it once decided.
+pub enum Posted {
+    File(String),
+    Slot(Arc<Mailbox>, usize, u64),
+}
+
+impl Posted {
+    pub fn remove(self) {
+        match self {
+            Posted::File(path) => {
+                let _ = sys::unlink(&path);
+            }
+            Posted::Slot(mb, slot, inode) => mb.remove(slot, inode),
+        }
+    }
+}
+
+/// A listener record as the cache knows it, with the record kept open (hidden, after
+/// its first liveness check) so that checking it again is one `flock`.
+struct Seen {
+    name: String,
+    repr: ListenerRepr,
+    fd: parking_lot::Mutex<Option<Fd>>,
 }
 
 /// A record this process owns (holds locked). Give it up with [`Registry::release`]
@@ -35,6 +72,8 @@ pub struct Registry {
 pub struct Held {
     path: String,
     fd: Fd,
+    /// A listener's mailbox (kept for as long as the listener is).
+    mailbox: Option<Arc<Mailbox>>,
 }
 
 impl Held {
@@ -75,7 +114,13 @@ impl Registry {
             Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {}
             Err(e) => return Err(e),
         }
-        Ok(Registry { dir: dir.to_string(), netns: sys::netns_id(), listeners_seen: parking_lot::Mutex::new(None) })
+        Ok(Registry {
+            dir: dir.to_string(),
+            netns: sys::netns_id(),
+            listeners_seen: parking_lot::Mutex::new(None),
+            own_boxes: parking_lot::Mutex::new(Vec::new()),
+            peer_boxes: parking_lot::Mutex::new(Vec::new()),
+        })
     }
 
     pub fn dir(&self) -> &str {
@@ -83,13 +128,10 @@ impl Registry {
     }
 
     /// Write `bytes` as record `name`, locked shared, atomically visible.
+    /// Write `bytes` as record `name`, locked shared, atomically visible (written under
+    /// a temporary name, locked, then renamed into place).
     fn publish(&self, name: &str, bytes: &[u8]) -> io::Result<Held> {
-        self.publish_in(&self.dir, name, bytes)
-    }
-
-    /// As [`publish`](Self::publish), in directory `dir` (the registry or its offer
-    /// directory; the temporary is made there too, so that only `dir` changes).
-    fn publish_in(&self, dir: &str, name: &str, bytes: &[u8]) -> io::Result<Held> {
+        let dir = &self.dir;
         let tmp = format!("{}/.t-{}-{:x}", dir, sys::getpid(), sys::random_u64());
         // Kept open for the record's life: out of the application's fd range.
         let fd = crate::wait::hide_fd(sys::open(&tmp, libc::O_RDWR | libc::O_CREAT | libc::O_EXCL, 0o600)?);
@@ -102,12 +144,45 @@ impl Registry {
             let _ = sys::unlink(&tmp);
             return Err(e);
         }
-        Ok(Held { path: format!("{}/{}", dir, name), fd })
+        Ok(Held { path: format!("{}/{}", dir, name), fd, mailbox: None })
     }
 
+    /// Register a listener, with a new mailbox for the offers made to it (without one
+    /// if it cannot be made: clients then post offer files).
     pub fn register_listener(&self, l: &ListenerRepr) -> io::Result<Held> {
         let name = format!("l-{}-{}-{}-{:x}", self.netns, l.port, l.pid, sys::random_u64());
-        self.publish(&name, &l.emit())
+        let mailbox = Mailbox::create().ok().map(Arc::new);
+        let mut l = *l;
+        (l.mbox_fd, l.mbox_ino) = match &mailbox {
+            Some(mb) => (mb.fd().unwrap_or(-1), mb.ino()),
+            None => (-1, 0),
+        };
+        let mut held = self.publish(&name, &l.emit())?;
+        if let Some(mb) = &mailbox {
+            let mut own = self.own_boxes.lock();
+            own.retain(|w| w.strong_count() > 0);
+            own.push(Arc::downgrade(mb));
+        }
+        held.mailbox = mailbox;
+        Ok(held)
+    }
+
+    /// The mailbox of a listener we connect to, mapped on first use.
+    fn peer_box(&self, l: &ListenerRepr) -> Option<Arc<Mailbox>> {
+        if l.mbox_fd < 0 {
+            return None;
+        }
+        let key = (l.pid, l.mbox_ino);
+        let mut boxes = self.peer_boxes.lock();
+        if let Some((_, mb)) = boxes.iter().find(|(k, _)| *k == key) {
+            return Some(mb.clone());
+        }
+        let mb = Arc::new(Mailbox::open(l.pid, l.mbox_fd, l.mbox_ino).ok()?);
+        if boxes.len() >= PEER_BOXES {
+            boxes.remove(0);
+        }
+        boxes.push((key, mb.clone()));
+        Some(mb)
     }
 
     /// Live listeners registered for `port` in our network namespace. Dead ones found on
@@ -115,25 +190,43 @@ impl Registry {
     pub fn listeners(&self, port: u16) -> Vec<ListenerRepr> {
         let stamp = |st: libc::stat| (st.st_mtime, st.st_mtime_nsec);
         let Ok(before) = sys::lstat(&self.dir).map(stamp) else { return Vec::new() };
-        let cached: Option<Vec<(String, ListenerRepr)>> = match self.listeners_seen.lock().as_ref() {
-            Some((seen, list)) if *seen == before => Some(list.iter().filter(|(_, l)| l.port == port).cloned().collect()),
+        let cached: Option<Vec<Arc<Seen>>> = match self.listeners_seen.lock().as_ref() {
+            Some((seen, list)) if *seen == before => Some(list.iter().filter(|l| l.repr.port == port).cloned().collect()),
             _ => None,
         };
         if let Some(hits) = cached {
-            let alive = hits.iter().all(|(name, _)| {
-                let path = format!("{}/{}", self.dir, name);
-                sys::open(&path, libc::O_RDONLY, 0).is_ok_and(|fd| !self.reap_if_dead(&path, &fd))
-            });
-            if alive {
-                return hits.into_iter().map(|(_, l)| l).collect();
+            if hits.iter().all(|l| self.seen_alive(l)) {
+                return hits.iter().map(|l| l.repr).collect();
             }
         }
-        let all = self.scan_listeners();
+        let all: Vec<Arc<Seen>> = self
+            .scan_listeners()
+            .into_iter()
+            .map(|(name, repr)| Arc::new(Seen { name, repr, fd: parking_lot::Mutex::new(None) }))
+            .collect();
+        let hits = all.iter().filter(|l| l.repr.port == port).map(|l| l.repr).collect();
         // The scan may have reaped dead records, which changes the time: stamp after.
         if let Ok(after) = sys::lstat(&self.dir).map(stamp) {
-            *self.listeners_seen.lock() = Some((after, all.clone()));
+            *self.listeners_seen.lock() = Some((after, all));
         }
-        all.into_iter().filter(|(_, l)| l.port == port).map(|(_, l)| l).collect()
+        hits
+    }
+
+    /// Is the cached listener record still held by its owner? Removes it if not.
+    fn seen_alive(&self, l: &Seen) -> bool {
+        let path = format!("{}/{}", self.dir, l.name);
+        let mut fd = l.fd.lock();
+        if fd.is_none() {
+            match sys::open(&path, libc::O_RDONLY, 0) {
+                Ok(f) => *fd = Some(crate::wait::hide_fd(f)),
+                Err(_) => return false,
+            }
+        }
+        let dead = fd.as_ref().is_some_and(|f| self.reap_if_dead(&path, f));
+        if dead {
+            *fd = None;
+        }
+        !dead
     }
 
     fn scan_listeners(&self) -> Vec<(String, ListenerRepr)> {
@@ -162,25 +255,54 @@ impl Registry {
         format!("{}/{OFFERS}", self.dir)
     }
 
-    pub fn post_offer(&self, inode: u64, o: &OfferRepr) -> io::Result<Held> {
-        self.publish_in(&self.offer_dir(), &offer_name(inode), &o.emit())
-    }
-
-    /// The offer made by the client socket with this inode, if there is a live one. The
-    /// caller removes it once it has decided ([`Registry::remove_offer`]).
-    pub fn find_offer(&self, inode: u64) -> Option<OfferRepr> {
-        let path = format!("{}/{}", self.offer_dir(), offer_name(inode));
-        let fd = sys::open(&path, libc::O_RDONLY, 0).ok()?;
-        if self.reap_if_dead(&path, &fd) {
-            return None;
+    /// Post an offer record and return its path. Offers are not locked: one lives for
+    /// a single connect, from before the kernel connect (so it is complete before the
+    /// server can accept and look for it) to the client's decision, when the client
+    /// removes it; a dead client's record is removed by [`Registry::sweep`] (its pid is
+    /// in it). Written in place, not renamed: nobody reads it before the connect.
+    ///
+    /// With `to`, the listener the connection goes to, the offer goes into its mailbox
+    /// instead, if it has one with a free slot.
+    pub fn post_offer(&self, inode: u64, o: &OfferRepr, to: Option<&ListenerRepr>) -> io::Result<Posted> {
+        if let Some(mb) = to.and_then(|l| self.peer_box(l)) {
+            if let Some(slot) = mb.post(inode, &o.emit()) {
+                return Ok(Posted::Slot(mb, slot, inode));
+            }
         }
-        let mut b = [0u8; OFFER_LEN];
-        sys::pread_exact(&fd, &mut b, 0).ok()?;
-        OfferRecord::new_checked(&b[..]).ok()?.parse().ok()
+        let path = format!("{}/{}", self.offer_dir(), offer_name(inode));
+        let create = || sys::open(&path, libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL, 0o600);
+        let fd = match create() {
+            // A live socket's inode is unique: a record under its name is a dead one's.
+            Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {
+                let _ = sys::unlink(&path);
+                create()?
+            }
+            r => r?,
+        };
+        if let Err(e) = sys::pwrite_all(&fd, &o.emit(), 0) {
+            let _ = sys::unlink(&path);
+            return Err(e);
+        }
+        Ok(Posted::File(path))
     }
 
-    pub fn remove_offer(&self, inode: u64) {
-        let _ = sys::unlink(&format!("{}/{}", self.offer_dir(), offer_name(inode)));
+    /// The offer made by the client socket with this inode, if there is one (the client
+    /// removes it once it has decided).
+    pub fn find_offer(&self, inode: u64) -> Option<OfferRepr> {
+        let own: Vec<Arc<Mailbox>> = self.own_boxes.lock().iter().filter_map(Weak::upgrade).collect();
+        if let Some(o) = own.iter().find_map(|mb| mb.find(inode)) {
+            return Some(o);
+        }
+        read_offer(&format!("{}/{}", self.offer_dir(), offer_name(inode)))
+    }
+
+    /// As [`find_offer`](Self::find_offer), also looking in the mailboxes of every
+    /// listener registered for `port`: for a process that accepts on a listening socket
+    /// it did not register (one passed to it with SCM_RIGHTS), whose clients posted to
+    /// the registering process's mailbox.
+    pub fn find_offer_anywhere(&self, inode: u64, port: u16) -> Option<OfferRepr> {
+        self.find_offer(inode)
+            .or_else(|| self.listeners(port).iter().filter_map(|l| self.peer_box(l)).find_map(|mb| mb.find(inode)))
     }
 
     pub fn publish_table(&self, len: u64) -> io::Result<Held> {
@@ -210,7 +332,7 @@ impl Registry {
     /// Give up our hold on a record; it is removed unless another process (a forked
     /// child sharing a listener, say) still holds it.
     pub fn release(&self, held: Held) {
-        let Held { path, fd } = held;
+        let Held { path, fd, .. } = held;
         drop(fd);
         if let Ok(fd) = sys::open(&path, libc::O_RDONLY, 0) {
             self.reap_if_dead(&path, &fd);
@@ -221,24 +343,35 @@ impl Registry {
     /// registry and its offer directory.
     pub fn sweep(&self) -> usize {
         let mut n = 0;
-        for dir in [self.dir.clone(), self.offer_dir()] {
-            for name in names_in(&dir) {
-                if name == OFFERS {
+        for name in self.names() {
+            if name == OFFERS {
+                continue;
+            }
+            // A temporary is briefly unlocked between its creation and its lock: only
+            // its writer's death makes it garbage.
+            if let Some(pid) = name.strip_prefix(".t-").and_then(|r| r.split('-').next()).and_then(|p| p.parse::<i32>().ok()) {
+                if sys::process_exists(pid) {
                     continue;
                 }
-                // A temporary is briefly unlocked between its creation and its lock: only
-                // its writer's death makes it garbage.
-                if let Some(pid) = name.strip_prefix(".t-").and_then(|r| r.split('-').next()).and_then(|p| p.parse::<i32>().ok()) {
-                    if sys::process_exists(pid) {
-                        continue;
-                    }
+            }
+            let path = format!("{}/{}", self.dir, name);
+            if let Ok(fd) = sys::open(&path, libc::O_RDONLY, 0) {
+                if self.reap_if_dead(&path, &fd) {
+                    n += 1;
                 }
-                let path = format!("{}/{}", dir, name);
-                if let Ok(fd) = sys::open(&path, libc::O_RDONLY, 0) {
-                    if self.reap_if_dead(&path, &fd) {
-                        n += 1;
-                    }
-                }
+            }
+        }
+        // Offers carry their client's pid. One that does not parse is being written
+        // (between its creation and its one write) unless it is old.
+        let dir = self.offer_dir();
+        for name in names_in(&dir) {
+            let path = format!("{dir}/{name}");
+            let dead = match read_offer(&path) {
+                Some(o) => !sys::process_exists(o.pid as i32),
+                None => sys::lstat(&path).is_ok_and(|st| st.st_mtime < sys::wall_secs() - 10),
+            };
+            if dead && sys::unlink(&path).is_ok() {
+                n += 1;
             }
         }
         n
@@ -274,6 +407,13 @@ fn names_in(dir: &str) -> Vec<String> {
     }
 }
 
+fn read_offer(path: &str) -> Option<OfferRepr> {
+    let fd = sys::open(path, libc::O_RDONLY, 0).ok()?;
+    let mut b = [0u8; OFFER_LEN];
+    sys::pread_exact(&fd, &mut b, 0).ok()?;
+    OfferRecord::new_checked(&b[..]).ok()?.parse().ok()
+}
+
 /// The offer directory's name inside the registry.
 pub const OFFERS: &str = "offers";
 
@@ -293,9 +433,12 @@ mod tests {
     #[test]
     fn live_records_are_found_dead_ones_swept() {
         let (reg, dir) = tmp_registry();
-        let l = ListenerRepr { addr: [0; 16], port: 5555, flags: 0, pid: sys::getpid() };
+        let l = ListenerRepr { addr: [0; 16], port: 5555, flags: 0, pid: sys::getpid(), mbox_fd: -1, mbox_ino: 0 };
         let held = reg.register_listener(&l).unwrap();
-        assert_eq!(reg.listeners(5555), vec![l]);
+        let found = reg.listeners(5555);
+        assert_eq!(found.len(), 1);
+        assert_eq!((found[0].addr, found[0].port, found[0].flags, found[0].pid), (l.addr, l.port, l.flags, l.pid));
+        assert!(found[0].mbox_fd >= 0 && found[0].mbox_ino != 0, "the record names its mailbox");
         assert!(reg.listeners(5556).is_empty());
         assert_eq!(reg.sweep(), 0, "a held record is alive");
         // Dropping the fd without removing the file simulates a crashed owner.
@@ -304,6 +447,52 @@ mod tests {
         assert!(std::path::Path::new(&path).exists());
         assert!(reg.listeners(5555).is_empty());
         assert!(!std::path::Path::new(&path).exists(), "dead record reaped on lookup");
+        std::fs::remove_dir(format!("{dir}/{OFFERS}")).unwrap();
+        std::fs::remove_dir(&dir).unwrap();
+    }
+
+    fn offer(nonce: u64, pid: u32) -> OfferRepr {
+        OfferRepr {
+            nonce,
+            pid,
+            seg_fd: 3,
+            client_bell_fd: 4,
+            server_bell_fd: 5,
+            client_bell_ino: 6,
+            server_bell_ino: 7,
+            ring_size: 1 << 20,
+            seg_ino: 8,
+        }
+    }
+
+    #[test]
+    fn offers_go_to_the_listeners_mailbox_or_to_a_file() {
+        let (reg, dir) = tmp_registry();
+        let l = ListenerRepr { addr: [0; 16], port: 5557, flags: 0, pid: sys::getpid(), mbox_fd: -1, mbox_ino: 0 };
+        let held = reg.register_listener(&l).unwrap();
+        let to = reg.listeners(5557)[0];
+        // Into the mailbox: no file.
+        let p = reg.post_offer(4001, &offer(11, sys::getpid()), Some(&to)).unwrap();
+        assert!(matches!(p, Posted::Slot(..)));
+        assert!(names_in(&reg.offer_dir()).is_empty());
+        assert_eq!(reg.find_offer(4001).unwrap().nonce, 11);
+        p.remove();
+        assert_eq!(reg.find_offer(4001), None);
+        // No listener named: a file, found the same way, gone once removed.
+        let p = reg.post_offer(4002, &offer(12, sys::getpid()), None).unwrap();
+        assert!(matches!(p, Posted::File(_)));
+        assert_eq!(reg.find_offer(4002).unwrap().nonce, 12);
+        p.remove();
+        assert_eq!(reg.find_offer(4002), None);
+        // A dead client's file is swept; a live one's is not.
+        let dead = reg.post_offer(4003, &offer(13, i32::MAX as u32), None).unwrap();
+        let live = reg.post_offer(4004, &offer(14, sys::getpid()), None).unwrap();
+        assert_eq!(reg.sweep(), 1);
+        assert_eq!(reg.find_offer(4003), None);
+        assert_eq!(reg.find_offer(4004).unwrap().nonce, 14);
+        drop(dead);
+        live.remove();
+        reg.release(held);
         std::fs::remove_dir(format!("{dir}/{OFFERS}")).unwrap();
         std::fs::remove_dir(&dir).unwrap();
     }

@@ -16,7 +16,8 @@
 use crate::conn::KernelEnd;
 use crate::fabric::{Caps, Fabric, Offer, Reason, Shutdown, Stream, StreamError};
 use crate::layout::{self, pflags, state, wait, SegHeader, CLIENT, SERVER};
-use crate::registry::{Held, Registry};
+use crate::layout::ListenerRepr;
+use crate::registry::{Posted, Registry};
 use crate::ring::{Consumer, Corrupt, Producer};
 use crate::sys::{self, Mapping};
 use crate::wait::{hide_fd, xlock, Approach, LocalBell, SpinPolicy, XGuard};
@@ -71,12 +72,24 @@ pub struct ShmStream {
     /// before each use, and waits are bounded (another process may read a doorbell
     /// byte meant for us).
     shared: AtomicBool,
+    /// Client side: the segment's memfd (kept so that the segment can be offered again
+    /// once both sides are done with it) and the pool it goes back to.
+    seg: Option<(Fd, u64)>,
+    pool: Option<Arc<Pool>>,
 }
 
 impl ShmStream {
     /// # Safety-relevant contract
     /// `map` is a validated segment of `segment_len(ring)` bytes.
     fn new(map: Mapping, side: usize, ring: u64, sock: Fd, bell_rx: Fd, bell_tx: Fd) -> ShmStream {
+        Self::with_pool(map, side, ring, sock, bell_rx, bell_tx, None)
+    }
+
+    fn with_pool(map: Mapping, side: usize, ring: u64, sock: Fd, bell_rx: Fd, bell_tx: Fd, seg: Option<(Fd, u64, Arc<Pool>)>) -> ShmStream {
+        let (seg, pool) = match seg {
+            Some((fd, ino, pool)) => (Some((fd, ino)), Some(pool)),
+            None => (None, None),
+        };
         let base = map.as_ptr();
         let hdr = base as *const SegHeader;
         let data = |d: usize| unsafe { base.add((layout::SEG_HEADER_SIZE + d as u64 * ring) as usize) };
@@ -100,6 +113,8 @@ impl ShmStream {
             last_liveness_ns: AtomicU64::new(sys::now_ns()),
             shared: AtomicBool::new(false),
             sndbuf: AtomicU32::new(0),
+            seg,
+            pool,
         }
     }
 
@@ -640,8 +655,23 @@ impl Drop for ShmStream {
             return;
         }
         let rx = self.rx.get_mut();
-        if !matches!(rx.available(), Ok(0)) && !self.has(local::MOVED) {
+        let unread = !matches!(rx.available(), Ok(0));
+        if unread && !self.has(local::MOVED) {
             let _ = sys::setsockopt(self.sock.as_raw_fd(), libc::SOL_SOCKET, libc::SO_LINGER, libc::linger { l_onoff: 1, l_linger: 0 });
+        }
+        if self.side == SERVER {
+            // Our last access to the segment: the client may offer it again.
+            self.me().flags.fetch_or(layout::side::RELEASED, Ordering::Release);
+            return;
+        }
+        // Client: a segment that carried a short, orderly connection goes back to the
+        // pool; the server's RELEASED says when it may be offered again.
+        let clean = self.flags.load(Ordering::Relaxed) & (local::PEER_GONE | local::MOVED | local::LEFT | local::BROKEN | local::ERR_RESET) == 0;
+        let moved = self.tx.get_mut().tail() + self.rx.get_mut().head();
+        if let (true, false, Some((seg, ino)), Some(pool)) = (clean, unread, self.seg.take(), self.pool.take()) {
+            if moved <= POOL_MAX_BYTES {
+                pool.put(Parked { pid: sys::getpid(), seg, ino, map: self.map.take() });
+            }
         }
     }
 }
@@ -687,18 +717,88 @@ impl ShmStream {
 pub struct Shm {
     reg: Arc<Registry>,
     ring: u64,
+    pool: Arc<Pool>,
 }
 
 impl Shm {
     pub fn new(reg: Arc<Registry>, ring: u64) -> Shm {
-        Shm { reg, ring }
+        Shm { reg, ring, pool: Arc::new(Pool::default()) }
+    }
+}
+
+impl Shm {
+    /// The offer of client socket `peer_inode`: in our listeners' mailboxes, as a file,
+    /// or (a listening socket we did not register) in the mailbox of whoever did.
+    fn find(&self, peer_inode: u64, sock: RawFd) -> Option<layout::OfferRepr> {
+        self.reg.find_offer(peer_inode).or_else(|| {
+            let port = sys::getsockname(sock).ok()?.port();
+            self.reg.find_offer_anywhere(peer_inode, port)
+        })
+    }
+}
+
+/// Segments parked at most, per process.
+const POOL_MAX: usize = 4;
+/// A segment that carried more than this (both directions) is not parked: its pages
+/// would stay resident while it waits, and a long connection does not need a cheap
+/// set-up.
+const POOL_MAX_BYTES: u64 = 64 << 10;
+
+/// Client segments of finished connections, to be offered again: creating, sizing,
+/// sealing, mapping and first-touching a segment, and later unmapping and freeing it,
+/// is most of what a fabric connection costs to set up. A parked segment is reused only
+/// once the server side has set RELEASED (its last access; a server that forked, died
+/// or never claimed never sets it, and such a segment is simply evicted), and only by
+/// the process that parked it (a forked child drops its inherited copies).
+#[derive(Default)]
+struct Pool {
+    parked: Mutex<Vec<Parked>>,
+}
+
+struct Parked {
+    pid: u32,
+    seg: Fd,
+    ino: u64,
+    map: Mapping,
+}
+
+impl Parked {
+    fn hdr(&self) -> &SegHeader {
+        // SAFETY: a segment we created and checked, at least a header long.
+        unsafe { &*(self.map.as_ptr() as *const SegHeader) }
+    }
+}
+
+impl Pool {
+    fn put(&self, p: Parked) {
+        let mut v = self.parked.lock();
+        if v.len() >= POOL_MAX {
+            v.remove(0);
+        }
+        v.push(p);
+    }
+
+    fn take(&self, len: usize) -> Option<Parked> {
+        let mut v = self.parked.lock();
+        if v.is_empty() {
+            return None;
+        }
+        let pid = sys::getpid();
+        v.retain(|p| p.pid == pid && p.map.len() == len);
+        let i = v.iter().position(|p| p.hdr().sides[SERVER].flags.load(Ordering::Acquire) & layout::side::RELEASED != 0)?;
+        Some(v.swap_remove(i))
     }
 }
 
 struct ShmOffer {
-    record: Option<Held>,
-    /// Until decided: the segment fd and the pipe ends the server opens through /proc.
+    /// Where the offer was posted (a mailbox slot or a file), until it is removed.
+    record: Mutex<Option<Posted>>,
+    /// Until decided: the pipe ends the server opens through /proc.
     lent: Mutex<Vec<Fd>>,
+    /// The segment's memfd (and inode), which the server opens through /proc; kept by
+    /// the stream for the pool.
+    seg: Mutex<Option<(Fd, u64)>>,
+    pool: Arc<Pool>,
     map: Mutex<Option<Mapping>>,
     ring: u64,
     bell_rx: Mutex<Option<Fd>>,
@@ -716,8 +816,8 @@ impl ShmOffer {
 
     fn finish(&self) {
         self.lent.lock().clear();
-        if let Some(h) = self.record.as_ref() {
-            let _ = sys::unlink(h.path());
+        if let Some(posted) = self.record.lock().take() {
+            posted.remove();
         }
     }
 }
@@ -764,15 +864,14 @@ impl Offer for ShmOffer {
     }
 
     fn into_stream(self: Box<Self>) -> Arc<dyn Stream> {
-        let mut this = self;
+        let this = self;
         this.finish();
         let map = this.map.lock().take().expect("mapping present");
         let rx = this.bell_rx.lock().take().expect("bell present");
         let tx = this.bell_tx.lock().take().expect("bell present");
         let sock = this.sock.lock().take().expect("socket present");
-        // The name is gone (finish); the lock goes with the fd.
-        drop(this.record.take());
-        Arc::new(ShmStream::new(map, CLIENT, this.ring, sock, rx, tx))
+        let seg = this.seg.lock().take().map(|(fd, ino)| (fd, ino, this.pool.clone()));
+        Arc::new(ShmStream::with_pool(map, CLIENT, this.ring, sock, rx, tx, seg))
     }
 }
 
@@ -783,8 +882,8 @@ impl Drop for ShmOffer {
         if self.map.lock().is_some() {
             let _ = self.state().compare_exchange(state::OFFERED, state::WITHDRAWN, Ordering::AcqRel, Ordering::Acquire);
         }
-        if let Some(h) = self.record.take() {
-            h.remove();
+        if let Some(posted) = self.record.get_mut().take() {
+            posted.remove();
         }
     }
 }
@@ -802,35 +901,33 @@ impl Fabric for Shm {
         Caps(Caps::SAME_KERNEL | Caps::SHARED_PAGES | Caps::POLLABLE_DOORBELL | Caps::KERNEL_VERIFIED_PEER)
     }
 
-    fn offer(&self, sock: RawFd) -> io::Result<Box<dyn Offer>> {
+    fn offer(&self, sock: RawFd, to: Option<&ListenerRepr>) -> io::Result<Box<dyn Offer>> {
         let sock_inode = sys::fstat(sock)?.st_ino;
         let sock = crate::wait::hidden_dup(sock)?;
         let len = layout::segment_len(self.ring);
-        let mfd = memfd::MemfdOptions::default()
-            .close_on_exec(true)
-            .allow_sealing(true)
-            .create("rdmasock")
-            .map_err(|e| match e {
-                memfd::Error::Create(e) | memfd::Error::AddSeals(e) | memfd::Error::GetSeals(e) => e,
-            })?;
-        mfd.as_file().set_len(len)?;
-        mfd.add_seals(&[memfd::FileSeal::SealShrink, memfd::FileSeal::SealGrow, memfd::FileSeal::SealSeal])
-            .map_err(|_| io::Error::from_raw_os_error(libc::EPERM))?;
-        let seg = hide_fd(sys::owned(std::os::fd::IntoRawFd::into_raw_fd(mfd.into_file())));
-        let map = Mapping::shared(seg.as_raw_fd(), len as usize)?;
+        let (seg, seg_ino, map) = match self.pool.take(len as usize) {
+            Some(p) => (p.seg, p.ino, p.map),
+            None => {
+                let mfd = memfd::MemfdOptions::default()
+                    .close_on_exec(true)
+                    .allow_sealing(true)
+                    .create("rdmasock")
+                    .map_err(|e| match e {
+                        memfd::Error::Create(e) | memfd::Error::AddSeals(e) | memfd::Error::GetSeals(e) => e,
+                    })?;
+                mfd.as_file().set_len(len)?;
+                mfd.add_seals(&[memfd::FileSeal::SealShrink, memfd::FileSeal::SealGrow, memfd::FileSeal::SealSeal])
+                    .map_err(|_| io::Error::from_raw_os_error(libc::EPERM))?;
+                let seg = hide_fd(sys::owned(std::os::fd::IntoRawFd::into_raw_fd(mfd.into_file())));
+                let map = Mapping::shared(seg.as_raw_fd(), len as usize)?;
+                let ino = sys::fstat(seg.as_raw_fd())?.st_ino;
+                (seg, ino, map)
+            }
+        };
         let nonce = sys::random_u64();
-        // SAFETY: a fresh private mapping of the right size: nobody else sees it yet.
-        unsafe {
-            let h = map.as_ptr() as *mut SegHeader;
-            std::ptr::addr_of_mut!((*h).magic).write(layout::SEG_MAGIC);
-            std::ptr::addr_of_mut!((*h).version).write(layout::SEG_VERSION);
-            std::ptr::addr_of_mut!((*h).nonce).write(nonce);
-            std::ptr::addr_of_mut!((*h).ring_size).write(self.ring);
-            (*h).client_pid.store(sys::getpid(), Ordering::Relaxed);
-            (*h).sides[CLIENT].cpu.store(u32::MAX, Ordering::Relaxed);
-            (*h).sides[SERVER].cpu.store(u32::MAX, Ordering::Relaxed);
-            (*h).state.store(state::OFFERED, Ordering::Release);
-        }
+        // SAFETY: a fresh mapping, or a parked one whose server side has released it:
+        // nobody else touches it until the offer is posted.
+        unsafe { reset_header(map.as_ptr() as *mut SegHeader, nonce, self.ring) };
         let (c_r, c_w) = sys::doorbell_pipe()?;
         let (s_r, s_w) = sys::doorbell_pipe()?;
         let (c_r, c_w, s_r, s_w) = (hide_fd(c_r), hide_fd(c_w), hide_fd(s_r), hide_fd(s_w));
@@ -844,12 +941,14 @@ impl Fabric for Shm {
             client_bell_ino: ino(&c_w)?,
             server_bell_ino: ino(&s_r)?,
             ring_size: self.ring,
-            seg_ino: ino(&seg)?,
+            seg_ino,
         };
-        let record = self.reg.post_offer(sock_inode, &rec)?;
+        let record = self.reg.post_offer(sock_inode, &rec, to)?;
         Ok(Box::new(ShmOffer {
-            record: Some(record),
-            lent: Mutex::new(vec![seg, c_w, s_r]),
+            record: Mutex::new(Some(record)),
+            lent: Mutex::new(vec![c_w, s_r]),
+            seg: Mutex::new(Some((seg, seg_ino))),
+            pool: self.pool.clone(),
             map: Mutex::new(Some(map)),
             ring: self.ring,
             bell_rx: Mutex::new(Some(c_r)),
@@ -859,11 +958,9 @@ impl Fabric for Shm {
     }
 
     fn claim(&self, peer_inode: u64, sock: RawFd) -> Result<Arc<dyn Stream>, Reason> {
-        let Some(rec) = self.reg.find_offer(peer_inode) else { return Err(Reason::PeerNotShim) };
-        let result = claim_offer(&rec, sock);
-        // Decided either way (or undecidable: the client will time out): the record goes.
-        self.reg.remove_offer(peer_inode);
-        result
+        let Some(rec) = self.find(peer_inode, sock) else { return Err(Reason::PeerNotShim) };
+        // The client removes the record when it has decided (or the sweep, if it dies).
+        claim_offer(&rec, sock)
     }
 
     fn refuse(&self, peer_inode: u64) {
@@ -887,7 +984,6 @@ impl Fabric for Shm {
                 }
             }
         }
-        self.reg.remove_offer(peer_inode);
     }
 }
 
@@ -917,7 +1013,8 @@ fn claim_offer(rec: &layout::OfferRepr, sock: RawFd) -> Result<Arc<dyn Stream>, 
         why
     };
     if hdr.magic != layout::SEG_MAGIC || hdr.version != layout::SEG_VERSION || hdr.nonce != rec.nonce {
-        return Err(refuse(Reason::ClaimFailed));
+        // Not the segment this record was written for: its state is not ours to touch.
+        return Err(Reason::ClaimFailed);
     }
     let open_fifo = |fd: i32, ino: u64, flags: i32| -> Result<Fd, Reason> {
         let f = sys::open(&proc_fd(rec.pid, fd), flags | libc::O_NONBLOCK, 0).map_err(fail)?;
@@ -939,4 +1036,34 @@ fn claim_offer(rec: &layout::OfferRepr, sock: RawFd) -> Result<Arc<dyn Stream>, 
     hdr.server_pid.store(sys::getpid(), Ordering::Relaxed);
     let _ = sys::write(bell_tx.as_raw_fd(), &[1]);
     Ok(Arc::new(ShmStream::new(map, SERVER, rec.ring_size, sock, bell_rx, bell_tx)))
+}
+
+/// Make a segment header ready for a new offer: identity, and every shared word as a
+/// fresh segment has it (a parked segment carries its last connection's).
+///
+/// # Safety
+/// `h` points at the header of a mapped segment that no other process accesses.
+unsafe fn reset_header(h: *mut SegHeader, nonce: u64, ring: u64) {
+    std::ptr::addr_of_mut!((*h).magic).write(layout::SEG_MAGIC);
+    std::ptr::addr_of_mut!((*h).version).write(layout::SEG_VERSION);
+    std::ptr::addr_of_mut!((*h).nonce).write(nonce);
+    std::ptr::addr_of_mut!((*h).ring_size).write(ring);
+    let h = &*h;
+    h.client_pid.store(sys::getpid(), Ordering::Relaxed);
+    h.server_pid.store(0, Ordering::Relaxed);
+    for s in &h.sides {
+        s.wait.store(0, Ordering::Relaxed);
+        s.cpu.store(u32::MAX, Ordering::Relaxed);
+        s.tx_lock.store(0, Ordering::Relaxed);
+        s.rx_lock.store(0, Ordering::Relaxed);
+        s.flags.store(0, Ordering::Relaxed);
+        s.rcvbuf.store(0, Ordering::Relaxed);
+    }
+    for d in &h.dirs {
+        d.prod.tail.store(0, Ordering::Relaxed);
+        d.prod.flags.store(0, Ordering::Relaxed);
+        d.cons.head.store(0, Ordering::Relaxed);
+    }
+    // Publishes everything above to whoever later sees OFFERED.
+    h.state.store(state::OFFERED, Ordering::Release);
 }

@@ -429,6 +429,10 @@ impl Mapping {
     pub fn as_ptr(&self) -> *mut u8 {
         self.ptr
     }
+    /// Move the mapping out, leaving an empty one (which unmaps nothing).
+    pub fn take(&mut self) -> Mapping {
+        std::mem::replace(self, Mapping { ptr: std::ptr::null_mut(), len: 0 })
+    }
     pub fn len(&self) -> usize {
         self.len
     }
@@ -439,6 +443,9 @@ impl Mapping {
 
 impl Drop for Mapping {
     fn drop(&mut self) {
+        if self.len == 0 {
+            return;
+        }
         // SAFETY: we own the mapping.
         unsafe { libc::munmap(self.ptr as *mut libc::c_void, self.len) };
     }
@@ -467,6 +474,14 @@ pub fn now_ns() -> u64 {
     // SAFETY: ts is a valid out-pointer.
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// Wall-clock seconds (vDSO), to compare with file times.
+pub fn wall_secs() -> i64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: ts is a valid out-pointer.
+    unsafe { libc::clock_gettime(libc::CLOCK_REALTIME, &mut ts) };
+    ts.tv_sec
 }
 
 /// 64 random bits from the kernel.

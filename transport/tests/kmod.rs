@@ -56,7 +56,7 @@ fn connect(fabric: &Kmod, v6: bool) -> Conn {
     let fd = unsafe { libc::socket(fam, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
     assert!(fd >= 0);
     let client = unsafe { TcpStream::from_raw_fd(fd) };
-    let offer = fabric.offer(fd).expect("offer");
+    let offer = fabric.offer(fd, None).expect("offer");
     let sa = socket2_addr(&addr);
     assert_eq!(unsafe { libc::connect(fd, sa.0.as_ptr() as *const libc::sockaddr, sa.1) }, 0);
     let (server, _) = l.accept().unwrap();
@@ -264,7 +264,7 @@ fn refuse_withdraw_and_no_offer() {
     let l = TcpListener::bind("127.0.0.1:0").unwrap();
     // refused: the client hears at once
     let c = TcpStream::connect(l.local_addr().unwrap()).unwrap();
-    let offer = k.offer(c.as_raw_fd()).unwrap();
+    let offer = k.offer(c.as_raw_fd(), None).unwrap();
     let (s, _) = l.accept().unwrap();
     assert_eq!(offer.decision(Duration::ZERO), None);
     k.refuse(ino(c.as_raw_fd()));
@@ -273,7 +273,7 @@ fn refuse_withdraw_and_no_offer() {
     assert_eq!(k.claim(ino(c.as_raw_fd()), s.as_raw_fd()).err(), Some(Reason::PeerNotShim));
     // withdrawn before the server looked
     let c2 = TcpStream::connect(l.local_addr().unwrap()).unwrap();
-    let offer2 = k.offer(c2.as_raw_fd()).unwrap();
+    let offer2 = k.offer(c2.as_raw_fd(), None).unwrap();
     let (s2, _) = l.accept().unwrap();
     assert!(offer2.withdraw());
     assert_eq!(k.claim(ino(c2.as_raw_fd()), s2.as_raw_fd()).err(), Some(Reason::PeerNotShim));
@@ -283,7 +283,7 @@ fn refuse_withdraw_and_no_offer() {
     assert_eq!(k.claim(ino(c3.as_raw_fd()), s3.as_raw_fd()).err(), Some(Reason::PeerNotShim));
     // claimed first: the withdraw loses
     let c4 = TcpStream::connect(l.local_addr().unwrap()).unwrap();
-    let offer4 = k.offer(c4.as_raw_fd()).unwrap();
+    let offer4 = k.offer(c4.as_raw_fd(), None).unwrap();
     let (s4, _) = l.accept().unwrap();
     let st = k.claim(ino(c4.as_raw_fd()), s4.as_raw_fd()).unwrap();
     assert!(!offer4.withdraw());
@@ -292,7 +292,7 @@ fn refuse_withdraw_and_no_offer() {
     assert_eq!(recv_exact(&*ct, 1, &block()), b"x");
     // a wrong inode never matches
     let c5 = TcpStream::connect(l.local_addr().unwrap()).unwrap();
-    let _offer5 = k.offer(c5.as_raw_fd()).unwrap();
+    let _offer5 = k.offer(c5.as_raw_fd(), None).unwrap();
     let (s5, _) = l.accept().unwrap();
     assert_eq!(k.claim(ino(c5.as_raw_fd()) + 1, s5.as_raw_fd()).err(), Some(Reason::PeerNotShim));
 }
@@ -440,7 +440,7 @@ fn child_client() {
     // offer, then connect, as the preload does (the server claims right after accept)
     let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
     let _c = unsafe { TcpStream::from_raw_fd(fd) };
-    let offer = k.offer(fd).unwrap();
+    let offer = k.offer(fd, None).unwrap();
     let sa = socket2_addr(&std::net::SocketAddr::from(([127, 0, 0, 1], port.parse::<u16>().unwrap())));
     assert_eq!(unsafe { libc::connect(fd, sa.0.as_ptr() as *const libc::sockaddr, sa.1) }, 0);
     assert_eq!(offer.decision(Duration::from_secs(5)), Some(true));

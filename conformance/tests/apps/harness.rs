@@ -741,7 +741,11 @@ fn check_server_decisions(
             ("tcp", Some("peer-not-shim"))
         } else if t.combo.client == Side::Shim && !clients.contains(&d.peer) {
             unused.push(d.line.clone());
-            if d.path == "shm" {
+            // The client withdrew its offer as it closed; how far the server got with
+            // it decides the reason (docs/protocol.md §8, case 2): the record gone,
+            // its /proc objects gone, or the claim lost.
+            let withdrawn = ["peer-not-shim", "claim-failed", "claim-timeout"];
+            if d.path == "shm" || (d.path == "tcp" && d.reason.as_deref().is_some_and(|r| withdrawn.contains(&r))) {
                 continue;
             }
             ("tcp", Some("peer-not-shim"))
