@@ -32,17 +32,7 @@ impl Mailbox {
     /// A new, empty mailbox (the listening side).
     pub fn create() -> io::Result<Mailbox> {
         let len = layout::mailbox_len();
-        let mfd = memfd::MemfdOptions::default()
-            .close_on_exec(true)
-            .allow_sealing(true)
-            .create("rdmasock-mailbox")
-            .map_err(|e| match e {
-                memfd::Error::Create(e) | memfd::Error::AddSeals(e) | memfd::Error::GetSeals(e) => e,
-            })?;
-        mfd.as_file().set_len(len as u64)?;
-        mfd.add_seals(&[memfd::FileSeal::SealShrink, memfd::FileSeal::SealGrow, memfd::FileSeal::SealSeal])
-            .map_err(|_| io::Error::from_raw_os_error(libc::EPERM))?;
-        let fd = crate::wait::hide_fd(sys::owned(std::os::fd::IntoRawFd::into_raw_fd(mfd.into_file())));
+        let fd = crate::wait::hide_fd(sys::sealed_memfd("rdmasock-mailbox", len as u64)?);
         let ino = sys::fstat(fd.as_raw_fd())?.st_ino;
         let map = Mapping::shared(fd.as_raw_fd(), len)?;
         // SAFETY: a fresh mapping of the right size that nobody else sees yet.
@@ -58,20 +48,11 @@ impl Mailbox {
     /// Map the mailbox a listener record names (the connecting side), checked: the
     /// inode the record gives, the exact size, the seals, and the header.
     pub fn open(pid: u32, fd: i32, ino: u64) -> io::Result<Mailbox> {
-        let bad = || io::Error::from_raw_os_error(libc::EINVAL);
-        let len = layout::mailbox_len();
-        let f = sys::open(&format!("/proc/{pid}/fd/{fd}"), libc::O_RDWR, 0)?;
-        let st = sys::fstat(f.as_raw_fd())?;
-        let seals = sys::fcntl(f.as_raw_fd(), libc::F_GET_SEALS, 0)?;
-        let sealed = seals & libc::F_SEAL_SHRINK != 0 && seals & libc::F_SEAL_GROW != 0;
-        if st.st_ino != ino || st.st_size as usize != len || !sealed {
-            return Err(bad());
-        }
-        let map = Mapping::shared(f.as_raw_fd(), len)?;
+        let map = sys::map_peer_sealed(pid, fd, ino, layout::mailbox_len() as u64)?;
         // SAFETY: checked size, at least a header long.
         let h = unsafe { &*(map.as_ptr() as *const MboxHeader) };
         if h.magic != layout::MBOX_MAGIC || h.version != layout::MBOX_VERSION || h.slots as usize != MBOX_SLOTS {
-            return Err(bad());
+            return Err(io::Error::from_raw_os_error(libc::EINVAL));
         }
         Ok(Mailbox { map, fd: None, ino })
     }

@@ -296,13 +296,12 @@ impl Registry {
         read_offer(&format!("{}/{}", self.offer_dir(), offer_name(inode)))
     }
 
-    /// As [`find_offer`](Self::find_offer), also looking in the mailboxes of every
-    /// listener registered for `port`: for a process that accepts on a listening socket
-    /// it did not register (one passed to it with SCM_RIGHTS), whose clients posted to
-    /// the registering process's mailbox.
-    pub fn find_offer_anywhere(&self, inode: u64, port: u16) -> Option<OfferRepr> {
-        self.find_offer(inode)
-            .or_else(|| self.listeners(port).iter().filter_map(|l| self.peer_box(l)).find_map(|mb| mb.find(inode)))
+    /// The offer in the mailboxes of the listeners registered for `port`: for a process
+    /// that accepts on a listening socket it did not register (one passed to it with
+    /// SCM_RIGHTS), whose clients posted to the registering process's mailbox. Asked
+    /// after [`find_offer`](Self::find_offer) found nothing.
+    pub fn find_offer_in_listeners(&self, inode: u64, port: u16) -> Option<OfferRepr> {
+        self.listeners(port).iter().filter_map(|l| self.peer_box(l)).find_map(|mb| mb.find(inode))
     }
 
     pub fn publish_table(&self, len: u64) -> io::Result<Held> {

@@ -732,7 +732,7 @@ impl Shm {
     fn find(&self, peer_inode: u64, sock: RawFd) -> Option<layout::OfferRepr> {
         self.reg.find_offer(peer_inode).or_else(|| {
             let port = sys::getsockname(sock).ok()?.port();
-            self.reg.find_offer_anywhere(peer_inode, port)
+            self.reg.find_offer_in_listeners(peer_inode, port)
         })
     }
 }
@@ -908,17 +908,7 @@ impl Fabric for Shm {
         let (seg, seg_ino, map) = match self.pool.take(len as usize) {
             Some(p) => (p.seg, p.ino, p.map),
             None => {
-                let mfd = memfd::MemfdOptions::default()
-                    .close_on_exec(true)
-                    .allow_sealing(true)
-                    .create("rdmasock")
-                    .map_err(|e| match e {
-                        memfd::Error::Create(e) | memfd::Error::AddSeals(e) | memfd::Error::GetSeals(e) => e,
-                    })?;
-                mfd.as_file().set_len(len)?;
-                mfd.add_seals(&[memfd::FileSeal::SealShrink, memfd::FileSeal::SealGrow, memfd::FileSeal::SealSeal])
-                    .map_err(|_| io::Error::from_raw_os_error(libc::EPERM))?;
-                let seg = hide_fd(sys::owned(std::os::fd::IntoRawFd::into_raw_fd(mfd.into_file())));
+                let seg = hide_fd(sys::sealed_memfd("rdmasock", len)?);
                 let map = Mapping::shared(seg.as_raw_fd(), len as usize)?;
                 let ino = sys::fstat(seg.as_raw_fd())?.st_ino;
                 (seg, ino, map)
@@ -965,22 +955,14 @@ impl Fabric for Shm {
 
     fn refuse(&self, peer_inode: u64) {
         let Some(rec) = self.reg.find_offer(peer_inode) else { return };
-        if let Ok(seg) = sys::open(&proc_fd(rec.pid, rec.seg_fd), libc::O_RDWR, 0) {
-            let st = sys::fstat(seg.as_raw_fd());
-            let len = layout::segment_len(rec.ring_size);
-            let seals = sys::fcntl(seg.as_raw_fd(), libc::F_GET_SEALS, 0).unwrap_or(0);
-            let sealed = seals & libc::F_SEAL_SHRINK != 0 && seals & libc::F_SEAL_GROW != 0;
-            if sealed && st.is_ok_and(|st| st.st_ino == rec.seg_ino && st.st_size as u64 == len) {
-                if let Ok(map) = Mapping::shared(seg.as_raw_fd(), len as usize) {
-                    // SAFETY: a checked segment, at least a header long.
-                    let hdr = unsafe { &*(map.as_ptr() as *const SegHeader) };
-                    let ours = hdr.nonce == rec.nonce
-                        && hdr.state.compare_exchange(state::OFFERED, state::REFUSED, Ordering::AcqRel, Ordering::Acquire).is_ok();
-                    if ours {
-                        if let Ok(f) = sys::open(&proc_fd(rec.pid, rec.client_bell_fd), libc::O_WRONLY | libc::O_NONBLOCK, 0) {
-                            let _ = sys::write(f.as_raw_fd(), &[1]);
-                        }
-                    }
+        if let Ok(map) = sys::map_peer_sealed(rec.pid, rec.seg_fd, rec.seg_ino, layout::segment_len(rec.ring_size)) {
+            // SAFETY: a checked segment, at least a header long.
+            let hdr = unsafe { &*(map.as_ptr() as *const SegHeader) };
+            let ours = hdr.nonce == rec.nonce
+                && hdr.state.compare_exchange(state::OFFERED, state::REFUSED, Ordering::AcqRel, Ordering::Acquire).is_ok();
+            if ours {
+                if let Ok(f) = sys::open(&proc_fd(rec.pid, rec.client_bell_fd), libc::O_WRONLY | libc::O_NONBLOCK, 0) {
+                    let _ = sys::write(f.as_raw_fd(), &[1]);
                 }
             }
         }
@@ -991,17 +973,8 @@ impl Fabric for Shm {
 fn claim_offer(rec: &layout::OfferRepr, sock: RawFd) -> Result<Arc<dyn Stream>, Reason> {
     let fail = |_| Reason::ClaimFailed;
     let sock = crate::wait::hidden_dup(sock).map_err(fail)?;
-    let seg = sys::open(&proc_fd(rec.pid, rec.seg_fd), libc::O_RDWR, 0).map_err(fail)?;
-    let st = sys::fstat(seg.as_raw_fd()).map_err(fail)?;
-    let len = layout::segment_len(rec.ring_size);
     // The seals make the size permanent, so no access can ever fault (SIGBUS).
-    let seals = sys::fcntl(seg.as_raw_fd(), libc::F_GET_SEALS, 0).map_err(fail)?;
-    let sealed = seals & libc::F_SEAL_SHRINK != 0 && seals & libc::F_SEAL_GROW != 0;
-    if st.st_ino != rec.seg_ino || st.st_size as u64 != len || !sealed {
-        return Err(Reason::ClaimFailed);
-    }
-    let map = Mapping::shared(seg.as_raw_fd(), len as usize).map_err(fail)?;
-    drop(seg);
+    let map = sys::map_peer_sealed(rec.pid, rec.seg_fd, rec.seg_ino, layout::segment_len(rec.ring_size)).map_err(fail)?;
     // SAFETY: the mapping is at least a header long (checked size).
     let hdr = unsafe { &*(map.as_ptr() as *const SegHeader) };
     let refuse = |why| {

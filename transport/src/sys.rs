@@ -468,6 +468,36 @@ pub fn nofile_limit() -> u64 {
     r.rlim_cur
 }
 
+/// A memfd of `len` bytes, close-on-exec, sealed against shrinking and growing (and
+/// against further seals), so that no mapping of it can ever fault (SIGBUS).
+pub fn sealed_memfd(name: &str, len: u64) -> io::Result<Fd> {
+    let mfd = memfd::MemfdOptions::default()
+        .close_on_exec(true)
+        .allow_sealing(true)
+        .create(name)
+        .map_err(|e| match e {
+            memfd::Error::Create(e) | memfd::Error::AddSeals(e) | memfd::Error::GetSeals(e) => e,
+        })?;
+    mfd.as_file().set_len(len)?;
+    mfd.add_seals(&[memfd::FileSeal::SealShrink, memfd::FileSeal::SealGrow, memfd::FileSeal::SealSeal])
+        .map_err(|_| io::Error::from_raw_os_error(libc::EPERM))?;
+    Ok(owned(std::os::fd::IntoRawFd::into_raw_fd(mfd.into_file())))
+}
+
+/// Map another process's sealed memfd, named by its fd number there, after checking it
+/// is the object expected: inode `ino`, exactly `len` bytes, sealed against shrinking
+/// and growing (EINVAL otherwise). The fd is closed again; the mapping stays.
+pub fn map_peer_sealed(pid: u32, fd: i32, ino: u64, len: u64) -> io::Result<Mapping> {
+    let f = open(&format!("/proc/{pid}/fd/{fd}"), libc::O_RDWR, 0)?;
+    let st = fstat(f.as_raw_fd())?;
+    let seals = fcntl(f.as_raw_fd(), libc::F_GET_SEALS, 0)?;
+    let sealed = seals & libc::F_SEAL_SHRINK != 0 && seals & libc::F_SEAL_GROW != 0;
+    if st.st_ino != ino || st.st_size as u64 != len || !sealed {
+        return Err(io::Error::from_raw_os_error(libc::EINVAL));
+    }
+    Mapping::shared(f.as_raw_fd(), len as usize)
+}
+
 /// Monotonic clock in nanoseconds (vDSO).
 pub fn now_ns() -> u64 {
     let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
