@@ -303,51 +303,68 @@ fn fabric_send(fd: c_int, c: &Conn, s: &dyn Stream, mut bufs: &mut [IoSlice<'_>]
     }
 }
 
+/// A call's buffer list: the one buffer of read, recv, write or send, held without a
+/// heap allocation (on the per-message path), or the copied iovec array of the vector
+/// calls.
+enum Bufs<T> {
+    One([T; 1]),
+    Many(Vec<T>),
+}
+
+impl<T> Bufs<T> {
+    fn as_mut(&mut self) -> &mut [T] {
+        match self {
+            Bufs::One(b) => b,
+            Bufs::Many(v) => v,
+        }
+    }
+}
+
 /// # Safety
 /// `iov` must point to `cnt` valid iovecs (IoSliceMut is ABI-compatible with iovec).
-unsafe fn iov_mut<'a>(iov: *const iovec, cnt: c_int) -> Result<Vec<IoSliceMut<'a>>, i32> {
+unsafe fn iov_mut<'a>(iov: *const iovec, cnt: c_int) -> Result<Bufs<IoSliceMut<'a>>, i32> {
     if cnt < 0 || cnt > libc::UIO_MAXIOV {
         return Err(libc::EINVAL);
     }
     if cnt == 0 {
-        return Ok(Vec::new());
+        return Ok(Bufs::Many(Vec::new()));
     }
     let s = std::slice::from_raw_parts(iov as *const IoSliceMut<'a>, cnt as usize);
-    Ok(s.iter().map(|b| IoSliceMut::new(std::slice::from_raw_parts_mut(b.as_ptr() as *mut u8, b.len()))).collect())
+    Ok(Bufs::Many(s.iter().map(|b| IoSliceMut::new(std::slice::from_raw_parts_mut(b.as_ptr() as *mut u8, b.len()))).collect()))
 }
 
 /// # Safety
 /// As [`iov_mut`].
-unsafe fn iov<'a>(iov: *const iovec, cnt: c_int) -> Result<Vec<IoSlice<'a>>, i32> {
+unsafe fn iov<'a>(iov: *const iovec, cnt: c_int) -> Result<Bufs<IoSlice<'a>>, i32> {
     if cnt < 0 || cnt > libc::UIO_MAXIOV {
         return Err(libc::EINVAL);
     }
     if cnt == 0 {
-        return Ok(Vec::new());
+        return Ok(Bufs::Many(Vec::new()));
     }
-    Ok(std::slice::from_raw_parts(iov as *const IoSlice<'a>, cnt as usize).to_vec())
+    Ok(Bufs::Many(std::slice::from_raw_parts(iov as *const IoSlice<'a>, cnt as usize).to_vec()))
 }
 
-unsafe fn one_mut<'a>(buf: *mut c_void, len: size_t) -> Vec<IoSliceMut<'a>> {
+unsafe fn one_mut<'a>(buf: *mut c_void, len: size_t) -> Bufs<IoSliceMut<'a>> {
     if len == 0 || buf.is_null() {
-        return vec![IoSliceMut::new(&mut [])];
+        return Bufs::One([IoSliceMut::new(&mut [])]);
     }
-    vec![IoSliceMut::new(std::slice::from_raw_parts_mut(buf as *mut u8, len))]
+    Bufs::One([IoSliceMut::new(std::slice::from_raw_parts_mut(buf as *mut u8, len))])
 }
 
-unsafe fn one<'a>(buf: *const c_void, len: size_t) -> [IoSlice<'a>; 1] {
+unsafe fn one<'a>(buf: *const c_void, len: size_t) -> Bufs<IoSlice<'a>> {
     if len == 0 || buf.is_null() {
-        return [IoSlice::new(&[])];
+        return Bufs::One([IoSlice::new(&[])]);
     }
-    [IoSlice::new(std::slice::from_raw_parts(buf as *const u8, len))]
+    Bufs::One([IoSlice::new(std::slice::from_raw_parts(buf as *const u8, len))])
 }
 
 /// Receive on `fd` into a buffer list, or pass through.
-fn recv_common(fd: c_int, bufs: impl FnOnce() -> Result<Vec<IoSliceMut<'static>>, i32>, flags: c_int, pass_through: impl FnOnce() -> ssize_t) -> ssize_t {
+fn recv_common(fd: c_int, bufs: impl FnOnce() -> Result<Bufs<IoSliceMut<'static>>, i32>, flags: c_int, pass_through: impl FnOnce() -> ssize_t) -> ssize_t {
     boundary(-1, || match managed(fd, flags)? {
         Some(c) => {
             let mut b = bufs()?;
-            match fabric_recv(fd, &c, c.fabric(), &mut b, flags) {
+            match fabric_recv(fd, &c, c.fabric(), b.as_mut(), flags) {
                 Err(MOVED) => pass(pass_through()),
                 r => r.map(|n| n as ssize_t),
             }
@@ -356,11 +373,11 @@ fn recv_common(fd: c_int, bufs: impl FnOnce() -> Result<Vec<IoSliceMut<'static>>
     })
 }
 
-fn send_common(fd: c_int, bufs: impl FnOnce() -> Result<Vec<IoSlice<'static>>, i32>, flags: c_int, pass_through: impl FnOnce() -> ssize_t) -> ssize_t {
+fn send_common(fd: c_int, bufs: impl FnOnce() -> Result<Bufs<IoSlice<'static>>, i32>, flags: c_int, pass_through: impl FnOnce() -> ssize_t) -> ssize_t {
     boundary(-1, || match managed_for(fd, flags, true)? {
         Some(c) => {
             let mut b = bufs()?;
-            match fabric_send(fd, &c, c.fabric(), &mut b, flags) {
+            match fabric_send(fd, &c, c.fabric(), b.as_mut(), flags) {
                 Err(MOVED) => pass(pass_through()),
                 r => r.map(|n| n as ssize_t),
             }
@@ -470,7 +487,7 @@ pub unsafe fn write(fd: c_int, buf: *const c_void, count: size_t) -> ssize_t {
     if !DATA.get(fd) || reentered() {
         return (real().write)(fd, buf, count);
     }
-    send_common(fd, || Ok(one(buf, count).to_vec()), 0, || (real().write)(fd, buf, count))
+    send_common(fd, || Ok(one(buf, count)), 0, || (real().write)(fd, buf, count))
 }
 
 pub unsafe fn writev(fd: c_int, v: *const iovec, cnt: c_int) -> ssize_t {
@@ -484,7 +501,7 @@ pub unsafe fn send(fd: c_int, buf: *const c_void, len: size_t, flags: c_int) -> 
     if !DATA.get(fd) || reentered() {
         return (real().send)(fd, buf, len, flags);
     }
-    send_common(fd, || Ok(one(buf, len).to_vec()), flags, || (real().send)(fd, buf, len, flags))
+    send_common(fd, || Ok(one(buf, len)), flags, || (real().send)(fd, buf, len, flags))
 }
 
 pub unsafe fn sendto(fd: c_int, buf: *const c_void, len: size_t, flags: c_int, addr: *const sockaddr, alen: socklen_t) -> ssize_t {
@@ -492,7 +509,7 @@ pub unsafe fn sendto(fd: c_int, buf: *const c_void, len: size_t, flags: c_int, a
         return (real().sendto)(fd, buf, len, flags, addr, alen);
     }
     // As Linux for a connected TCP socket: the address is ignored.
-    send_common(fd, || Ok(one(buf, len).to_vec()), flags, || (real().sendto)(fd, buf, len, flags, addr, alen))
+    send_common(fd, || Ok(one(buf, len)), flags, || (real().sendto)(fd, buf, len, flags, addr, alen))
 }
 
 /// Fabric sockets about to be passed to another process (SCM_RIGHTS) leave the ring
@@ -834,7 +851,7 @@ pub unsafe fn connect(fd: c_int, addr: *const sockaddr, len: socklen_t) -> c_int
     })
 }
 
-unsafe fn on_accept(lfd: c_int, fd: c_int) {
+unsafe fn on_accept(lfd: c_int, fd: c_int, flags: c_int) {
     if fd < 0 || state::off() {
         return;
     }
@@ -866,14 +883,18 @@ unsafe fn on_accept(lfd: c_int, fd: c_int) {
         apply_buffers(fd, &**s);
     }
     log_decision("accept", fd, Some(local), Some(peer), stream.is_some(), reason);
-    table::insert(fd, Entry::Conn(Arc::new(Conn::decided(ROLE_SERVER, fd, Some(local), Some(peer), stream, reason))));
+    let c = Conn::decided(ROLE_SERVER, fd, Some(local), Some(peer), stream, reason);
+    // As Linux: the accepted socket is non-blocking exactly when accept4 asked for it
+    // (nothing is inherited from the listener), so its mode is known without F_GETFL.
+    c.note_nonblocking(flags & libc::SOCK_NONBLOCK != 0);
+    table::insert(fd, Entry::Conn(Arc::new(c)));
 }
 
 pub unsafe fn accept(fd: c_int, addr: *mut sockaddr, len: *mut socklen_t) -> c_int {
     let r = (real().accept)(fd, addr, len);
     if r >= 0 && !reentered() && !state::foreign() {
         boundary(0, || {
-            on_accept(fd, r);
+            on_accept(fd, r, 0);
             Ok(0)
         });
     }
@@ -884,7 +905,7 @@ pub unsafe fn accept4(fd: c_int, addr: *mut sockaddr, len: *mut socklen_t, flags
     let r = (real().accept4)(fd, addr, len, flags);
     if r >= 0 && !reentered() && !state::foreign() {
         boundary(0, || {
-            on_accept(fd, r);
+            on_accept(fd, r, flags);
             Ok(0)
         });
     }

@@ -72,10 +72,10 @@ impl Mailbox {
         unsafe { &*((self.map.as_ptr().add(layout::MBOX_HEADER_SIZE) as *const MboxSlot).add(i)) }
     }
 
-    /// Post the offer of the client socket `inode`; `None` if every slot is taken by a
-    /// live process. Returns the slot, for [`Mailbox::remove`].
-    pub fn post(&self, inode: u64, rec: &[u8; OFFER_LEN]) -> Option<usize> {
-        let pid = sys::getpid();
+    /// Post the offer of the client socket `inode` made by process `pid` (ours); `None`
+    /// if every slot is taken by a live process. Returns the slot, for
+    /// [`Mailbox::remove`].
+    pub fn post(&self, inode: u64, pid: u32, rec: &[u8; OFFER_LEN]) -> Option<usize> {
         let start = home(inode);
         for reclaim in [false, true] {
             for k in 0..MBOX_SLOTS {
@@ -183,8 +183,8 @@ mod tests {
     fn posted_offers_are_found_by_inode_and_removed() {
         let mb = Mailbox::create().unwrap();
         let peer = Mailbox::open(sys::getpid(), mb.fd().unwrap(), mb.ino()).unwrap();
-        let a = peer.post(1001, &rec(1)).unwrap();
-        let b = peer.post(1002, &rec(2)).unwrap();
+        let a = peer.post(1001, sys::getpid(), &rec(1)).unwrap();
+        let b = peer.post(1002, sys::getpid(), &rec(2)).unwrap();
         assert_eq!(mb.find(1001).unwrap().nonce, 1);
         assert_eq!(mb.find(1002).unwrap().nonce, 2);
         assert_eq!(mb.find(1003), None);
@@ -198,10 +198,10 @@ mod tests {
     #[test]
     fn a_full_mailbox_refuses_and_a_bad_record_is_not_found() {
         let mb = Mailbox::create().unwrap();
-        let slots: Vec<usize> = (0..MBOX_SLOTS as u64).map(|i| mb.post(5000 + i, &rec(i)).unwrap()).collect();
-        assert_eq!(mb.post(9999, &rec(0)), None);
+        let slots: Vec<usize> = (0..MBOX_SLOTS as u64).map(|i| mb.post(5000 + i, sys::getpid(), &rec(i)).unwrap()).collect();
+        assert_eq!(mb.post(9999, sys::getpid(), &rec(0)), None);
         mb.remove(slots[7], 5007);
-        let again = mb.post(9999, &rec(77)).unwrap();
+        let again = mb.post(9999, sys::getpid(), &rec(77)).unwrap();
         assert_eq!(again, slots[7]);
         assert_eq!(mb.find(9999).unwrap().nonce, 77);
         // Scribbled content parses as nothing.
@@ -209,7 +209,7 @@ mod tests {
         junk[0] ^= 0xff;
         let j = {
             mb.remove(again, 9999);
-            mb.post(4242, &junk).unwrap()
+            mb.post(4242, sys::getpid(), &junk).unwrap()
         };
         assert_eq!(mb.find(4242), None);
         mb.remove(j, 4242);

@@ -265,7 +265,7 @@ impl Registry {
     /// instead, if it has one with a free slot.
     pub fn post_offer(&self, inode: u64, o: &OfferRepr, to: Option<&ListenerRepr>) -> io::Result<Posted> {
         if let Some(mb) = to.and_then(|l| self.peer_box(l)) {
-            if let Some(slot) = mb.post(inode, &o.emit()) {
+            if let Some(slot) = mb.post(inode, o.pid, &o.emit()) {
                 return Ok(Posted::Slot(mb, slot, inode));
             }
         }

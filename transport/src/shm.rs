@@ -72,24 +72,24 @@ pub struct ShmStream {
     /// before each use, and waits are bounded (another process may read a doorbell
     /// byte meant for us).
     shared: AtomicBool,
-    /// Client side: the segment's memfd (kept so that the segment can be offered again
-    /// once both sides are done with it) and the pool it goes back to.
-    seg: Option<(Fd, u64)>,
-    pool: Option<Arc<Pool>>,
+    /// Where the segment goes after a short, orderly connection.
+    reuse: Option<Reuse>,
+}
+
+/// Where a segment goes after a short, orderly connection (see [`Pool`]).
+enum Reuse {
+    /// Client: the segment's memfd and inode, parked to be offered again once the
+    /// server side has released it.
+    Park { seg: Fd, ino: u64, pool: Arc<Pool> },
+    /// Server: the client's pid and the segment's inode; the mapping is kept, so that
+    /// the same client offering the segment again costs no open, mmap or page faults.
+    Keep { peer: u32, ino: u64, pool: Arc<Pool> },
 }
 
 impl ShmStream {
     /// # Safety-relevant contract
     /// `map` is a validated segment of `segment_len(ring)` bytes.
-    fn new(map: Mapping, side: usize, ring: u64, sock: Fd, bell_rx: Fd, bell_tx: Fd) -> ShmStream {
-        Self::with_pool(map, side, ring, sock, bell_rx, bell_tx, None)
-    }
-
-    fn with_pool(map: Mapping, side: usize, ring: u64, sock: Fd, bell_rx: Fd, bell_tx: Fd, seg: Option<(Fd, u64, Arc<Pool>)>) -> ShmStream {
-        let (seg, pool) = match seg {
-            Some((fd, ino, pool)) => (Some((fd, ino)), Some(pool)),
-            None => (None, None),
-        };
+    fn new(map: Mapping, side: usize, ring: u64, sock: Fd, bell_rx: Fd, bell_tx: Fd, reuse: Option<Reuse>) -> ShmStream {
         let base = map.as_ptr();
         let hdr = base as *const SegHeader;
         let data = |d: usize| unsafe { base.add((layout::SEG_HEADER_SIZE + d as u64 * ring) as usize) };
@@ -113,8 +113,7 @@ impl ShmStream {
             last_liveness_ns: AtomicU64::new(sys::now_ns()),
             shared: AtomicBool::new(false),
             sndbuf: AtomicU32::new(0),
-            seg,
-            pool,
+            reuse,
         }
     }
 
@@ -659,19 +658,21 @@ impl Drop for ShmStream {
         if unread && !self.has(local::MOVED) {
             let _ = sys::setsockopt(self.sock.as_raw_fd(), libc::SOL_SOCKET, libc::SO_LINGER, libc::linger { l_onoff: 1, l_linger: 0 });
         }
-        if self.side == SERVER {
-            // Our last access to the segment: the client may offer it again.
-            self.me().flags.fetch_or(layout::side::RELEASED, Ordering::Release);
-            return;
-        }
-        // Client: a segment that carried a short, orderly connection goes back to the
-        // pool; the server's RELEASED says when it may be offered again.
+        // A segment that carried a short, orderly connection is parked by the client,
+        // and its mapping kept by the server, for the next connection between them.
         let clean = self.flags.load(Ordering::Relaxed) & (local::PEER_GONE | local::MOVED | local::LEFT | local::BROKEN | local::ERR_RESET) == 0;
         let moved = self.tx.get_mut().tail() + self.rx.get_mut().head();
-        if let (true, false, Some((seg, ino)), Some(pool)) = (clean, unread, self.seg.take(), self.pool.take()) {
-            if moved <= POOL_MAX_BYTES {
-                pool.put(Parked { pid: sys::getpid(), seg, ino, map: self.map.take() });
-            }
+        let reuse = if clean && !unread && moved <= POOL_MAX_BYTES { self.reuse.take() } else { None };
+        if self.side == SERVER {
+            // Our last access to the segment: the client may offer it again. Keeping the
+            // mapping is not an access: it is next touched only after a new claim.
+            self.me().flags.fetch_or(layout::side::RELEASED, Ordering::Release);
+        }
+        let owner = sys::getpid();
+        match reuse {
+            Some(Reuse::Park { seg, ino, pool }) => pool.put(Parked { pid: owner, seg, ino, map: self.map.take() }),
+            Some(Reuse::Keep { peer, ino, pool }) => pool.keep(Kept { owner, peer, ino, map: self.map.take() }),
+            None => {}
         }
     }
 }
@@ -744,15 +745,32 @@ const POOL_MAX: usize = 4;
 /// set-up.
 const POOL_MAX_BYTES: u64 = 64 << 10;
 
-/// Client segments of finished connections, to be offered again: creating, sizing,
-/// sealing, mapping and first-touching a segment, and later unmapping and freeing it,
-/// is most of what a fabric connection costs to set up. A parked segment is reused only
-/// once the server side has set RELEASED (its last access; a server that forked, died
-/// or never claimed never sets it, and such a segment is simply evicted), and only by
-/// the process that parked it (a forked child drops its inherited copies).
+/// Segments of finished connections, to be used again: creating, sizing, sealing,
+/// mapping and first-touching a segment, and later unmapping and freeing it, is most of
+/// what a fabric connection costs to set up.
+///
+/// A client parks its segment and offers it again once the server side has set RELEASED
+/// (its last access; a server that forked, died or never claimed never sets it, and
+/// such a segment is simply evicted). A server keeps the mapping of a segment it
+/// released, keyed by the client's pid and the segment's inode (our mapping holds the
+/// inode, so its number cannot name another object meanwhile): when that client offers
+/// it again, the claim maps nothing. The offer is checked as any other (magic, nonce,
+/// state), and the seals checked at the first mapping are permanent. Entries are used
+/// only by the process that made them (a forked child drops its inherited copies).
 #[derive(Default)]
 struct Pool {
     parked: Mutex<Vec<Parked>>,
+    kept: Mutex<Vec<Kept>>,
+}
+
+/// Server mappings kept at most, per process (several clients may each have one).
+const KEEP_MAX: usize = 8;
+
+struct Kept {
+    owner: u32,
+    peer: u32,
+    ino: u64,
+    map: Mapping,
 }
 
 struct Parked {
@@ -778,15 +796,34 @@ impl Pool {
         v.push(p);
     }
 
-    fn take(&self, len: usize) -> Option<Parked> {
+    fn take(&self, len: usize, pid: u32) -> Option<Parked> {
         let mut v = self.parked.lock();
         if v.is_empty() {
             return None;
         }
-        let pid = sys::getpid();
         v.retain(|p| p.pid == pid && p.map.len() == len);
         let i = v.iter().position(|p| p.hdr().sides[SERVER].flags.load(Ordering::Acquire) & layout::side::RELEASED != 0)?;
         Some(v.swap_remove(i))
+    }
+
+    fn keep(&self, k: Kept) {
+        let mut v = self.kept.lock();
+        if v.len() >= KEEP_MAX {
+            v.remove(0);
+        }
+        v.push(k);
+    }
+
+    /// Our mapping of client `peer`'s segment `ino`, if we kept one.
+    fn kept(&self, peer: u32, ino: u64, len: usize) -> Option<Mapping> {
+        let mut v = self.kept.lock();
+        if v.is_empty() {
+            return None;
+        }
+        let owner = sys::getpid();
+        v.retain(|k| k.owner == owner);
+        let i = v.iter().position(|k| k.peer == peer && k.ino == ino && k.map.len() == len)?;
+        Some(v.swap_remove(i).map)
     }
 }
 
@@ -870,8 +907,8 @@ impl Offer for ShmOffer {
         let rx = this.bell_rx.lock().take().expect("bell present");
         let tx = this.bell_tx.lock().take().expect("bell present");
         let sock = this.sock.lock().take().expect("socket present");
-        let seg = this.seg.lock().take().map(|(fd, ino)| (fd, ino, this.pool.clone()));
-        Arc::new(ShmStream::with_pool(map, CLIENT, this.ring, sock, rx, tx, seg))
+        let reuse = this.seg.lock().take().map(|(seg, ino)| Reuse::Park { seg, ino, pool: this.pool.clone() });
+        Arc::new(ShmStream::new(map, CLIENT, this.ring, sock, rx, tx, reuse))
     }
 }
 
@@ -888,8 +925,15 @@ impl Drop for ShmOffer {
     }
 }
 
-fn proc_fd(pid: u32, fd: i32) -> String {
-    format!("/proc/{pid}/fd/{fd}")
+/// Ring the client's doorbell once, for a server that refused or could not claim: the
+/// client then reads the state word instead of waiting out its decision timeout.
+fn ring_client(rec: &layout::OfferRepr) {
+    if let Ok((f, _)) = sys::peer_fd(rec.pid, rec.client_bell_fd, libc::O_WRONLY | libc::O_NONBLOCK) {
+        let st = sys::fstat(f.as_raw_fd());
+        if st.is_ok_and(|st| st.st_mode & libc::S_IFMT == libc::S_IFIFO && st.st_ino == rec.client_bell_ino) {
+            let _ = sys::write(f.as_raw_fd(), &[1]);
+        }
+    }
 }
 
 impl Fabric for Shm {
@@ -905,7 +949,8 @@ impl Fabric for Shm {
         let sock_inode = sys::fstat(sock)?.st_ino;
         let sock = crate::wait::hidden_dup(sock)?;
         let len = layout::segment_len(self.ring);
-        let (seg, seg_ino, map) = match self.pool.take(len as usize) {
+        let pid = sys::getpid();
+        let (seg, seg_ino, map) = match self.pool.take(len as usize, pid) {
             Some(p) => (p.seg, p.ino, p.map),
             None => {
                 let seg = hide_fd(sys::sealed_memfd("rdmasock", len)?);
@@ -917,14 +962,14 @@ impl Fabric for Shm {
         let nonce = sys::random_u64();
         // SAFETY: a fresh mapping, or a parked one whose server side has released it:
         // nobody else touches it until the offer is posted.
-        unsafe { reset_header(map.as_ptr() as *mut SegHeader, nonce, self.ring) };
+        unsafe { reset_header(map.as_ptr() as *mut SegHeader, nonce, self.ring, pid) };
         let (c_r, c_w) = sys::doorbell_pipe()?;
         let (s_r, s_w) = sys::doorbell_pipe()?;
         let (c_r, c_w, s_r, s_w) = (hide_fd(c_r), hide_fd(c_w), hide_fd(s_r), hide_fd(s_w));
         let ino = |f: &Fd| sys::fstat(f.as_raw_fd()).map(|s| s.st_ino);
         let rec = layout::OfferRepr {
             nonce,
-            pid: sys::getpid(),
+            pid,
             seg_fd: seg.as_raw_fd(),
             client_bell_fd: c_w.as_raw_fd(),
             server_bell_fd: s_r.as_raw_fd(),
@@ -950,7 +995,7 @@ impl Fabric for Shm {
     fn claim(&self, peer_inode: u64, sock: RawFd) -> Result<Arc<dyn Stream>, Reason> {
         let Some(rec) = self.find(peer_inode, sock) else { return Err(Reason::PeerNotShim) };
         // The client removes the record when it has decided (or the sweep, if it dies).
-        claim_offer(&rec, sock)
+        claim_offer(&rec, sock, &self.pool)
     }
 
     fn refuse(&self, peer_inode: u64) {
@@ -961,27 +1006,27 @@ impl Fabric for Shm {
             let ours = hdr.nonce == rec.nonce
                 && hdr.state.compare_exchange(state::OFFERED, state::REFUSED, Ordering::AcqRel, Ordering::Acquire).is_ok();
             if ours {
-                if let Ok(f) = sys::open(&proc_fd(rec.pid, rec.client_bell_fd), libc::O_WRONLY | libc::O_NONBLOCK, 0) {
-                    let _ = sys::write(f.as_raw_fd(), &[1]);
-                }
+                ring_client(&rec);
             }
         }
     }
 }
 
 /// Open and check everything an offer names, then claim it.
-fn claim_offer(rec: &layout::OfferRepr, sock: RawFd) -> Result<Arc<dyn Stream>, Reason> {
+fn claim_offer(rec: &layout::OfferRepr, sock: RawFd, pool: &Arc<Pool>) -> Result<Arc<dyn Stream>, Reason> {
     let fail = |_| Reason::ClaimFailed;
     let sock = crate::wait::hidden_dup(sock).map_err(fail)?;
     // The seals make the size permanent, so no access can ever fault (SIGBUS).
-    let map = sys::map_peer_sealed(rec.pid, rec.seg_fd, rec.seg_ino, layout::segment_len(rec.ring_size)).map_err(fail)?;
+    let len = layout::segment_len(rec.ring_size);
+    let map = match pool.kept(rec.pid, rec.seg_ino, len as usize) {
+        Some(map) => map,
+        None => sys::map_peer_sealed(rec.pid, rec.seg_fd, rec.seg_ino, len).map_err(fail)?,
+    };
     // SAFETY: the mapping is at least a header long (checked size).
     let hdr = unsafe { &*(map.as_ptr() as *const SegHeader) };
     let refuse = |why| {
         if hdr.state.compare_exchange(state::OFFERED, state::REFUSED, Ordering::AcqRel, Ordering::Acquire).is_ok() {
-            if let Ok(f) = sys::open(&proc_fd(rec.pid, rec.client_bell_fd), libc::O_WRONLY | libc::O_NONBLOCK, 0) {
-                let _ = sys::write(f.as_raw_fd(), &[1]);
-            }
+            ring_client(rec);
         }
         why
     };
@@ -989,26 +1034,32 @@ fn claim_offer(rec: &layout::OfferRepr, sock: RawFd) -> Result<Arc<dyn Stream>, 
         // Not the segment this record was written for: its state is not ours to touch.
         return Err(Reason::ClaimFailed);
     }
+    // Our writing end non-blocking, our reading end blocking (waits sleep in read(2)).
+    // Either the client's very pipe ends (pidfd_getfd), whose flags are set here whatever
+    // the client left in them, or new opens through /proc, non-blocking so that opening
+    // could not hang on a FIFO without writers, the reading end then made blocking.
     let open_fifo = |fd: i32, ino: u64, flags: i32| -> Result<Fd, Reason> {
-        let f = sys::open(&proc_fd(rec.pid, fd), flags | libc::O_NONBLOCK, 0).map_err(fail)?;
+        let (f, same) = sys::peer_fd(rec.pid, fd, flags | libc::O_NONBLOCK).map_err(fail)?;
         let st = sys::fstat(f.as_raw_fd()).map_err(fail)?;
         if st.st_mode & libc::S_IFMT != libc::S_IFIFO || st.st_ino != ino {
             return Err(Reason::ClaimFailed);
         }
+        let want = flags & libc::O_NONBLOCK;
+        if same || want == 0 {
+            sys::fcntl(f.as_raw_fd(), libc::F_SETFL, want as libc::c_long).map_err(fail)?;
+        }
         Ok(f)
     };
-    let bell_tx = open_fifo(rec.client_bell_fd, rec.client_bell_ino, libc::O_WRONLY).map_err(refuse)?;
+    let bell_tx = open_fifo(rec.client_bell_fd, rec.client_bell_ino, libc::O_WRONLY | libc::O_NONBLOCK).map_err(refuse)?;
     let bell_rx = open_fifo(rec.server_bell_fd, rec.server_bell_ino, libc::O_RDONLY).map_err(refuse)?;
-    // Our end blocks (waits sleep in read(2)); opened non-blocking only so that opening
-    // could not hang on a FIFO without writers.
-    sys::fcntl(bell_rx.as_raw_fd(), libc::F_SETFL, 0).map_err(|e| refuse(fail(e)))?;
     let (bell_tx, bell_rx) = (hide_fd(bell_tx), hide_fd(bell_rx));
     if hdr.state.compare_exchange(state::OFFERED, state::CLAIMED, Ordering::AcqRel, Ordering::Acquire).is_err() {
         return Err(Reason::ClaimTimeout);
     }
     hdr.server_pid.store(sys::getpid(), Ordering::Relaxed);
     let _ = sys::write(bell_tx.as_raw_fd(), &[1]);
-    Ok(Arc::new(ShmStream::new(map, SERVER, rec.ring_size, sock, bell_rx, bell_tx)))
+    let reuse = Reuse::Keep { peer: rec.pid, ino: rec.seg_ino, pool: pool.clone() };
+    Ok(Arc::new(ShmStream::new(map, SERVER, rec.ring_size, sock, bell_rx, bell_tx, Some(reuse))))
 }
 
 /// Make a segment header ready for a new offer: identity, and every shared word as a
@@ -1016,13 +1067,13 @@ fn claim_offer(rec: &layout::OfferRepr, sock: RawFd) -> Result<Arc<dyn Stream>, 
 ///
 /// # Safety
 /// `h` points at the header of a mapped segment that no other process accesses.
-unsafe fn reset_header(h: *mut SegHeader, nonce: u64, ring: u64) {
+unsafe fn reset_header(h: *mut SegHeader, nonce: u64, ring: u64, pid: u32) {
     std::ptr::addr_of_mut!((*h).magic).write(layout::SEG_MAGIC);
     std::ptr::addr_of_mut!((*h).version).write(layout::SEG_VERSION);
     std::ptr::addr_of_mut!((*h).nonce).write(nonce);
     std::ptr::addr_of_mut!((*h).ring_size).write(ring);
     let h = &*h;
-    h.client_pid.store(sys::getpid(), Ordering::Relaxed);
+    h.client_pid.store(pid, Ordering::Relaxed);
     h.server_pid.store(0, Ordering::Relaxed);
     for s in &h.sides {
         s.wait.store(0, Ordering::Relaxed);

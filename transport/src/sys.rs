@@ -484,15 +484,83 @@ pub fn sealed_memfd(name: &str, len: u64) -> io::Result<Fd> {
     Ok(owned(std::os::fd::IntoRawFd::into_raw_fd(mfd.into_file())))
 }
 
+/// Another process's open file `fd`, as a close-on-exec descriptor of ours, and whether
+/// it is that very open file (pidfd_getfd(2): flags shared with the owner) rather than
+/// a new open of it through /proc/<pid>/fd/<fd> with `flags`. pidfd_getfd costs 1.3 µs
+/// here against 4.5 µs for the /proc open, but needs Linux ≥ 5.6 and ptrace-attach
+/// rights over the owner (Yama scope 1 or a container's seccomp profile may deny it):
+/// anything it refuses goes the /proc way, which needs only read rights. Callers check
+/// what they got (type, inode) either way: the owner may have closed or reused `fd`.
+pub fn peer_fd(pid: u32, fd: i32, flags: libc::c_int) -> io::Result<(Fd, bool)> {
+    if let Some(f) = PIDFDS.getfd(pid, fd) {
+        return Ok((f, true));
+    }
+    open(&format!("/proc/{pid}/fd/{fd}"), flags, 0).map(|f| (f, false))
+}
+
+/// Recently used pidfds, one per peer process (a server claims many connections from
+/// the same clients). A pidfd names one process, not a number: once that process is
+/// gone its pidfd answers ESRCH, and a new process with the same pid gets a new pidfd.
+struct Pidfds {
+    /// (pid, its pidfd or None where pidfd_getfd was refused), most recent last.
+    map: parking_lot::Mutex<Vec<(u32, Option<Fd>)>>,
+    /// No pidfd_getfd in this kernel (ENOSYS), or not allowed at all.
+    off: std::sync::atomic::AtomicBool,
+}
+
+const PIDFDS_MAX: usize = 8;
+
+static PIDFDS: Pidfds = Pidfds { map: parking_lot::Mutex::new(Vec::new()), off: std::sync::atomic::AtomicBool::new(false) };
+
+impl Pidfds {
+    fn getfd(&self, pid: u32, fd: i32) -> Option<Fd> {
+        use std::sync::atomic::Ordering::Relaxed;
+        if self.off.load(Relaxed) {
+            return None;
+        }
+        // A forked child may inherit the lock held: then go without the cache.
+        let mut map = self.map.try_lock()?;
+        for fresh in [false, true] {
+            let i = match map.iter().position(|(p, _)| *p == pid) {
+                Some(i) if !fresh => i,
+                _ => {
+                    map.retain(|(p, _)| *p != pid);
+                    if map.len() >= PIDFDS_MAX {
+                        map.remove(0);
+                    }
+                    let pidfd = syscall!(SYS_pidfd_open, pid, 0).ok().map(|r| crate::wait::hide_fd(owned(r as RawFd)));
+                    map.push((pid, pidfd));
+                    map.len() - 1
+                }
+            };
+            let pidfd = map[i].1.as_ref()?.as_raw_fd();
+            match syscall!(SYS_pidfd_getfd, pidfd, fd, 0) {
+                Ok(r) => return Some(owned(r as RawFd)),
+                // The process our pidfd named is gone: the pid may be someone new.
+                Err(e) if e.raw_os_error() == Some(libc::ESRCH) && !fresh => continue,
+                Err(e) => {
+                    match e.raw_os_error() {
+                        Some(libc::ENOSYS) => self.off.store(true, Relaxed),
+                        Some(libc::EPERM) => map[i].1 = None,
+                        _ => {}
+                    }
+                    return None;
+                }
+            }
+        }
+        None
+    }
+}
+
 /// Map another process's sealed memfd, named by its fd number there, after checking it
 /// is the object expected: inode `ino`, exactly `len` bytes, sealed against shrinking
 /// and growing (EINVAL otherwise). The fd is closed again; the mapping stays.
 pub fn map_peer_sealed(pid: u32, fd: i32, ino: u64, len: u64) -> io::Result<Mapping> {
-    let f = open(&format!("/proc/{pid}/fd/{fd}"), libc::O_RDWR, 0)?;
+    let (f, _) = peer_fd(pid, fd, libc::O_RDWR)?;
     let st = fstat(f.as_raw_fd())?;
     let seals = fcntl(f.as_raw_fd(), libc::F_GET_SEALS, 0)?;
     let sealed = seals & libc::F_SEAL_SHRINK != 0 && seals & libc::F_SEAL_GROW != 0;
-    if st.st_ino != ino || st.st_size as u64 != len || !sealed {
+    if st.st_mode & libc::S_IFMT != libc::S_IFREG || st.st_ino != ino || st.st_size as u64 != len || !sealed {
         return Err(io::Error::from_raw_os_error(libc::EINVAL));
     }
     Mapping::shared(f.as_raw_fd(), len as usize)
@@ -514,10 +582,22 @@ pub fn wall_secs() -> i64 {
     ts.tv_sec
 }
 
-/// 64 random bits from the kernel.
+/// 64 bits for names and nonces, unpredictable to other processes and not repeated in
+/// this one: SplitMix64 over a counter that starts at a key from the kernel (one
+/// getrandom per process), mixed with the clock so that a forked child, which inherits
+/// the counter, does not replay its parent's values. Never a secret: a nonce only tells
+/// one offer of a segment from another.
 pub fn random_u64() -> u64 {
-    let mut v = 0u64;
-    // SAFETY: v is 8 writable bytes.
-    unsafe { libc::getrandom(&mut v as *mut u64 as *mut libc::c_void, 8, 0) };
-    v ^ now_ns().rotate_left(17) ^ (getpid() as u64) << 32
+    use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    if NEXT.load(Relaxed) == 0 {
+        let mut v = 0u64;
+        // SAFETY: v is 8 writable bytes.
+        unsafe { libc::getrandom(&mut v as *mut u64 as *mut libc::c_void, 8, 0) };
+        let _ = NEXT.compare_exchange(0, (v ^ now_ns()) | 1, Relaxed, Relaxed);
+    }
+    let mut z = NEXT.fetch_add(0x9E37_79B9_7F4A_7C15, Relaxed) ^ now_ns().rotate_left(29);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
 }
