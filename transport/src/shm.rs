@@ -1091,3 +1091,61 @@ unsafe fn reset_header(h: *mut SegHeader, nonce: u64, ring: u64, pid: u32) {
     // Publishes everything above to whoever later sees OFFERED.
     h.state.store(state::OFFERED, Ordering::Release);
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn exchange(client: &dyn Stream, server: &dyn Stream, what: &str) {
+        let mut buf = [0u8; 64];
+        assert_eq!(client.enqueue(&[IoSlice::new(what.as_bytes())]).unwrap(), what.len());
+        let n = server.dequeue(&mut [IoSliceMut::new(&mut buf)], false).unwrap();
+        assert_eq!(&buf[..n], what.as_bytes());
+        let back = what.to_uppercase();
+        assert_eq!(server.enqueue(&[IoSlice::new(back.as_bytes())]).unwrap(), back.len());
+        let n = client.dequeue(&mut [IoSliceMut::new(&mut buf)], false).unwrap();
+        assert_eq!(&buf[..n], back.as_bytes());
+    }
+
+    /// Short orderly connections between the same two processes: the client offers its
+    /// parked segment again, the server claims it through the mapping it kept, bytes
+    /// come out right over a ring holding the last connection's bytes, and a stale
+    /// record of the same segment (an older nonce) claims nothing.
+    #[test]
+    fn segments_and_mappings_are_used_again() {
+        let dir = format!("/tmp/rdmasock-shmtest-{}-{:x}", sys::getpid(), sys::random_u64());
+        let reg = Arc::new(Registry::open(&dir).unwrap());
+        let shm = Shm::new(reg.clone(), 64 << 10);
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut first: Option<layout::OfferRepr> = None;
+        for round in 0..3 {
+            let c = std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
+            let (s, _) = l.accept().unwrap();
+            let inode = sys::fstat(c.as_raw_fd()).unwrap().st_ino;
+            let offer = shm.offer(c.as_raw_fd(), None).unwrap();
+            let rec = reg.find_offer(inode).expect("the offer is posted");
+            if let Some(old) = &first {
+                assert_eq!(rec.seg_ino, old.seg_ino, "round {round}: the parked segment is offered again");
+                assert_ne!(rec.nonce, old.nonce);
+            }
+            if round == 2 {
+                let stale = first.as_ref().unwrap();
+                assert_eq!(claim_offer(stale, s.as_raw_fd(), &shm.pool).err(), Some(Reason::ClaimFailed));
+            }
+            let kept = shm.pool.kept.lock().len();
+            let server = shm.claim(inode, s.as_raw_fd()).unwrap();
+            if round == 1 {
+                assert_eq!((kept, shm.pool.kept.lock().len()), (1, 0), "the claim took the kept mapping");
+            }
+            assert_eq!(offer.decision(Duration::from_secs(5)), Some(true));
+            let client = offer.into_stream();
+            exchange(&*client, &*server, &format!("round {round}, {}", "x".repeat(round * 7)));
+            drop(server);
+            drop(client);
+            assert_eq!(shm.pool.parked.lock().len(), 1);
+            assert_eq!(shm.pool.kept.lock().len(), 1);
+            first.get_or_insert(rec);
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}

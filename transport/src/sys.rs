@@ -601,3 +601,74 @@ pub fn random_u64() -> u64 {
     z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
     z ^ (z >> 31)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// pidfd_getfd hands over the very open file (the flags are shared).
+    #[test]
+    fn peer_fd_takes_the_open_file() {
+        let (r, _w) = doorbell_pipe().unwrap();
+        let (got, same) = peer_fd(getpid(), r.as_raw_fd(), libc::O_RDONLY).unwrap();
+        assert!(same, "pidfd_getfd works on this kernel");
+        assert_eq!(fstat(got.as_raw_fd()).unwrap().st_ino, fstat(r.as_raw_fd()).unwrap().st_ino);
+        fcntl(r.as_raw_fd(), libc::F_SETFL, libc::O_NONBLOCK as libc::c_long).unwrap();
+        assert!(is_nonblocking(got.as_raw_fd()).unwrap());
+        // A number that names nothing is an error, not someone else's file.
+        assert!(peer_fd(getpid(), 1 << 20, libc::O_RDONLY).is_err());
+    }
+
+    /// Where pidfd_getfd is refused (here by a seccomp filter, as in a container's
+    /// default profile), the file comes through /proc: a new open with our flags.
+    #[test]
+    fn peer_fd_falls_back_to_proc() {
+        let (r, _w) = doorbell_pipe().unwrap();
+        let parent = getpid();
+        let ino = fstat(r.as_raw_fd()).unwrap().st_ino;
+        // SAFETY: the child only makes system calls and leaves with _exit.
+        let child = unsafe { libc::fork() };
+        assert!(child >= 0);
+        if child == 0 {
+            let code = (|| {
+                deny_pidfd_getfd()?;
+                let (got, same) = peer_fd(parent, r.as_raw_fd(), libc::O_RDONLY | libc::O_NONBLOCK).ok()?;
+                let ok = !same && fstat(got.as_raw_fd()).ok()?.st_ino == ino && is_nonblocking(got.as_raw_fd()).ok()?
+                    && !is_nonblocking(r.as_raw_fd()).ok()?;
+                // Refused once, remembered: the second take goes straight to /proc.
+                let again = peer_fd(parent, r.as_raw_fd(), libc::O_RDONLY).ok()?;
+                ok.then_some(()).filter(|_| !again.1)
+            })()
+            .map_or(1, |_| 0);
+            // SAFETY: leaving the forked child without running the harness's exit path.
+            unsafe { libc::_exit(code) };
+        }
+        let mut status = 0;
+        // SAFETY: waiting for our own child.
+        unsafe { libc::waitpid(child, &mut status, 0) };
+        assert!(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0, "child status {status:#x}");
+    }
+
+    /// A seccomp filter that fails pidfd_getfd with EPERM and allows everything else.
+    fn deny_pidfd_getfd() -> Option<()> {
+        #[repr(C)]
+        struct Insn(u16, u8, u8, u32);
+        #[repr(C)]
+        struct Prog(u16, *const Insn);
+        const LD_W_ABS: u16 = 0x20;
+        const JEQ_K: u16 = 0x15;
+        const RET_K: u16 = 0x06;
+        let prog = [
+            Insn(LD_W_ABS, 0, 0, 0), // seccomp_data.nr
+            Insn(JEQ_K, 0, 1, libc::SYS_pidfd_getfd as u32),
+            Insn(RET_K, 0, 0, libc::SECCOMP_RET_ERRNO | libc::EPERM as u32),
+            Insn(RET_K, 0, 0, libc::SECCOMP_RET_ALLOW),
+        ];
+        let fprog = Prog(prog.len() as u16, prog.as_ptr());
+        // SAFETY: a valid filter program that outlives the call.
+        unsafe {
+            (libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) == 0).then_some(())?;
+            (libc::prctl(libc::PR_SET_SECCOMP, libc::SECCOMP_MODE_FILTER, &fprog as *const Prog) == 0).then_some(())
+        }
+    }
+}
