@@ -63,6 +63,11 @@ fn fork_parent_and_child_write_in_turn() {
 }
 
 #[test]
+fn fork_before_first_use_then_child_and_parent_write() {
+    compare("fork_before_first_use.py", &[]);
+}
+
+#[test]
 fn exec_into_a_program_without_the_shim() {
     compare("exec_keeps_stream.py", &["plain"]);
 }

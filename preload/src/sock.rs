@@ -310,6 +310,13 @@ impl Conn {
             Heard::Nothing => unless_claimed(Reason::NotAccepted),
         };
         let stream = fabric.then(|| pend.offer.into_stream());
+        if let Some(s) = &stream {
+            // Forked while the offer was open: the stream is made in each process after
+            // the fork, so it learns here, not at the fork, that its side is shared.
+            if self.cache.shared.load(Ordering::Relaxed) {
+                s.before_fork();
+            }
+        }
         if let (Some(t), Some(id)) = (state::stats_if_any(), self.slot) {
             t.set_path(id, if stream.is_some() { PATH_SHM } else { PATH_TCP }, reason);
         }

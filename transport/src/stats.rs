@@ -285,6 +285,7 @@ mod tests {
         assert!(read_all(&reg).is_empty());
         t.remove();
         assert_eq!(reg.sweep(), 0);
+        std::fs::remove_file(format!("{dir}/gen")).unwrap();
         std::fs::remove_dir(format!("{dir}/{}", crate::registry::OFFERS)).unwrap();
         std::fs::remove_dir(&dir).unwrap();
     }

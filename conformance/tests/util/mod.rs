@@ -431,7 +431,8 @@ impl TestEnv {
                 "{}: rdmasock stat lists connections after every process exited: {live:?}",
                 self.name
             );
-            // The registry holds nothing but its (empty) offer directory.
+            // The registry holds nothing but its (empty) offer directory and its change
+            // counter.
             let list = |d: &Path| -> Vec<std::ffi::OsString> {
                 fs::read_dir(d)
                     .unwrap_or_else(|e| panic!("{}: {e}", d.display()))
@@ -440,7 +441,7 @@ impl TestEnv {
                     .unwrap_or_else(|e| panic!("{}: {e}", d.display()))
             };
             let offers = dir.join("offers");
-            let mut left: Vec<_> = list(dir).into_iter().filter(|n| n != "offers").collect();
+            let mut left: Vec<_> = list(dir).into_iter().filter(|n| n != "offers" && n != "gen").collect();
             if offers.exists() {
                 left.extend(list(&offers));
             }
@@ -453,6 +454,7 @@ impl TestEnv {
             if offers.exists() {
                 fs::remove_dir(&offers).unwrap_or_else(|e| panic!("{}: {e}", offers.display()));
             }
+            let _ = fs::remove_file(dir.join("gen"));
             fs::remove_dir(dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
         }
         fs::remove_dir_all(&self.scratch)

@@ -396,7 +396,10 @@ pub fn draw(path: &Path, m: &Meta, groups: &[Group]) -> Result<(), String> {
         };
         line(format!("    ping-pong 16 B p50:  {}", cost("pingpong", "16 B")), 15.0, 21)?;
         line(format!("    stream 64 KiB:  {}", cost("stream", "64 KiB")), 15.0, 21)?;
-        line(format!("    connection rate:  {}", cost("connrate", "connect+1 exchange+close")), 15.0, 29)?;
+        line(format!("    connection rate:  {}", cost("connrate", "connect+1 exchange+close")), 15.0, 21)?;
+        if let Some((g, n)) = crate::report::overhead_geomean(groups) {
+            line(format!("    all {n} figures (geometric mean):  {:+.1}%", g * 100.0), 15.0, 29)?;
+        }
         line("Placements: same vCPU = both processes on vCPU 0 (taskset -c 0);".into(), 14.0, 19)?;
         line("2 vCPUs = server on vCPU 0, client on vCPU 1; unpinned = left to the scheduler.".into(), 14.0, 19)?;
         for n in m.notes.iter().take(3) {
