@@ -67,6 +67,27 @@ fn fork_before_first_use_then_child_and_parent_write() {
     compare("fork_before_first_use.py", &[]);
 }
 
+/// RDMASOCK_LOG=summary: no line per connection, one line at exit with the counts.
+#[test]
+fn log_summary_counts_the_decisions_at_exit() {
+    let dir = tempdir();
+    let out = Command::new("timeout")
+        .args(["60", "/usr/bin/python3"])
+        .arg(script("summary.py"))
+        .env("RDMASOCK_DIR", &dir)
+        .env("LD_PRELOAD", library())
+        .env("RDMASOCK_LOG", "summary")
+        .output()
+        .unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+    let (stdout, log) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "summary.py failed: {log}");
+    assert_eq!(stdout, "ping 0\nping 1\nping 2\n");
+    let lines: Vec<&str> = log.lines().filter(|l| l.starts_with("rdmasock[")).collect();
+    assert_eq!(lines.len(), 1, "one line, at exit: {log}");
+    assert!(lines[0].ends_with(": summary connect shm=3 tcp=0 accept shm=3 tcp=0"), "{log}");
+}
+
 #[test]
 fn exec_into_a_program_without_the_shim() {
     compare("exec_keeps_stream.py", &["plain"]);

@@ -40,6 +40,11 @@ static INIT: extern "C" fn() = init;
 /// Runs at exit: give up this process's registry records (a listener's record stays if
 /// a forked child still holds it).
 extern "C" fn fini() {
+    if state::config().summary {
+        if let Some(line) = sock::decisions_summary() {
+            log::emit(format_args!("summary {line}"));
+        }
+    }
     for (_, e) in table::all() {
         if let sock::Entry::Listener(l) = e {
             l.release();
@@ -81,6 +86,7 @@ extern "C" fn fork_child() {
     // SAFETY: as fork_parent; the child has only this thread.
     unsafe { table::TABLE.force_unlock_write() };
     state::set_owner();
+    sock::forget_decisions();
     rdmasock_transport::wait::forget_thread_event();
     if let (Some(t), Some(reg)) = (state::stats_if_any(), state::registry()) {
         t.fork_child(reg);

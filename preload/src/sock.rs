@@ -371,7 +371,38 @@ pub fn tcp_state(fd: i32) -> Option<u8> {
     Some(info[0])
 }
 
+/// Decisions made by this process, for RDMASOCK_LOG=summary: [connect, accept] x [shm,
+/// tcp], and the first reason a connection of each kind stayed on TCP.
+static DECIDED: [[AtomicU64; 2]; 2] = [[AtomicU64::new(0), AtomicU64::new(0)], [AtomicU64::new(0), AtomicU64::new(0)]];
+static FIRST_TCP_REASON: [AtomicU8; 2] = [AtomicU8::new(0), AtomicU8::new(0)];
+
+/// The summary line's text (None if this process decided nothing): "connect shm=N tcp=M
+/// [reason=R] accept shm=N tcp=M [reason=R]".
+pub fn decisions_summary() -> Option<String> {
+    let mut out = String::new();
+    for (i, what) in ["connect", "accept"].into_iter().enumerate() {
+        let (shm, tcp) = (DECIDED[i][0].load(Ordering::Relaxed), DECIDED[i][1].load(Ordering::Relaxed));
+        out += &format!("{}{what} shm={shm} tcp={tcp}", if i > 0 { " " } else { "" });
+        let r = FIRST_TCP_REASON[i].load(Ordering::Relaxed);
+        if tcp > 0 && r != 0 {
+            out += &format!(" reason={}", Reason::from_u8(r).as_str());
+        }
+    }
+    DECIDED.iter().flatten().any(|c| c.load(Ordering::Relaxed) > 0).then_some(out)
+}
+
+/// A forked child counts its own decisions.
+pub fn forget_decisions() {
+    DECIDED.iter().flatten().for_each(|c| c.store(0, Ordering::Relaxed));
+    FIRST_TCP_REASON.iter().for_each(|r| r.store(0, Ordering::Relaxed));
+}
+
 pub fn log_decision(what: &str, fd: i32, local: Option<SockAddr>, peer: Option<SockAddr>, fabric: bool, reason: Reason) {
+    let i = (what != "connect") as usize;
+    DECIDED[i][!fabric as usize].fetch_add(1, Ordering::Relaxed);
+    if !fabric {
+        let _ = FIRST_TCP_REASON[i].compare_exchange(0, reason as u8, Ordering::Relaxed, Ordering::Relaxed);
+    }
     let show = |a: Option<SockAddr>| a.map(|a| a.to_string()).unwrap_or_else(|| "?".into());
     if fabric {
         crate::log_at!(LogLevel::Info, "{what} fd={fd} local={} peer={} path=shm", show(local), show(peer));

@@ -35,6 +35,9 @@ pub struct Config {
     pub ring_size: u64,
     /// RDMASOCK_LOG
     pub log: LogLevel,
+    /// RDMASOCK_LOG=summary: no line per connection, one line at exit counting the
+    /// decisions (errors are still logged).
+    pub summary: bool,
     /// RDMASOCK_DIR: the registry directory.
     pub dir: String,
     /// RDMASOCK_CLAIM_TIMEOUT_MS: how long a client waits for the server's shim to claim.
@@ -71,6 +74,7 @@ impl Config {
                 Some("debug") => LogLevel::Debug,
                 _ => LogLevel::Error,
             },
+            summary: get("RDMASOCK_LOG").as_deref().map(str::trim) == Some("summary"),
             dir: get("RDMASOCK_DIR")
                 .filter(|d| d.starts_with('/'))
                 .unwrap_or_else(|| format!("/dev/shm/rdmasock-{}", crate::sys::getuid())),

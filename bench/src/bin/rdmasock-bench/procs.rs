@@ -27,6 +27,10 @@ pub struct Spec {
     pub lines: bool,
     pub stdin: bool,
     pub cwd: Option<PathBuf>,
+    /// The shim logs its decisions in one line at exit (RDMASOCK_LOG=summary) instead of
+    /// one line per connection, which would cost a connection-rate run a formatted
+    /// write(2) per connection that kernel TCP does not pay.
+    pub summary: bool,
 }
 
 impl Spec {
@@ -38,6 +42,7 @@ impl Spec {
             lines: false,
             stdin: false,
             cwd: None,
+            summary: false,
         }
     }
     pub fn cpu(mut self, c: Option<usize>) -> Self {
@@ -52,6 +57,18 @@ impl Spec {
         self.lines = true;
         self
     }
+    pub fn summary(mut self) -> Self {
+        self.summary = true;
+        self
+    }
+    /// RDMASOCK_LOG for a shimmed process (a debug run stays debug).
+    fn log_level<'a>(&self, env: &'a Env) -> &'a str {
+        if self.summary && env.shim_log == "info" {
+            "summary"
+        } else {
+            &env.shim_log
+        }
+    }
     pub fn stdin(mut self) -> Self {
         self.stdin = true;
         self
@@ -64,7 +81,7 @@ impl Spec {
         }
         if self.shim {
             if let Some(l) = &env.lib {
-                s += &format!("env LD_PRELOAD={} ", l.display());
+                s += &format!("env LD_PRELOAD={} RDMASOCK_LOG={} ", l.display(), self.log_level(env));
             }
         }
         s += &self.argv.join(" ");
@@ -119,7 +136,7 @@ pub fn spawn(env: &Env, dir: &Path, spec: Spec) -> Result<Proc, String> {
     if spec.shim {
         let lib = env.lib.as_ref().ok_or("the shim library is not available")?;
         cmd.env("LD_PRELOAD", lib);
-        cmd.env("RDMASOCK_LOG", &env.shim_log);
+        cmd.env("RDMASOCK_LOG", spec.log_level(env));
     }
     if let Some(d) = &spec.cwd {
         cmd.current_dir(d);
@@ -347,12 +364,28 @@ pub fn wait_listen(p: &mut Proc, port: u16, timeout: Duration) -> Result<(), Str
     }
 }
 
-/// How the shim decided the connections of a process, from its RDMASOCK_LOG=info lines:
-/// (connections on shm, connections on tcp, the first reason given for tcp).
+/// How the shim decided the connections of a process, from its RDMASOCK_LOG=info lines
+/// or its RDMASOCK_LOG=summary line at exit: (connections on shm, connections on tcp,
+/// the first reason given for tcp).
 pub fn shim_paths(stderr: &str, verb: &str) -> (usize, usize, String) {
     let (mut shm, mut tcp, mut why) = (0, 0, String::new());
     let key = format!(": {verb} fd=");
     for l in stderr.lines() {
+        // "rdmasock[PID]: summary connect shm=N tcp=M [reason=R] accept shm=N tcp=M ..."
+        if let Some(rest) = l.strip_prefix("rdmasock[").and_then(|r| r.split_once("]: summary ")).map(|x| x.1) {
+            let words: Vec<&str> = rest.split_whitespace().collect();
+            if let Some(i) = words.iter().position(|w| *w == verb) {
+                let num = |k: &str| words.get(i + 1..i + 4).into_iter().flatten().find_map(|w| w.strip_prefix(k)?.parse::<usize>().ok());
+                shm += num("shm=").unwrap_or(0);
+                tcp += num("tcp=").unwrap_or(0);
+                if why.is_empty() {
+                    if let Some(r) = words.get(i + 3).and_then(|w| w.strip_prefix("reason=")) {
+                        why = r.to_string();
+                    }
+                }
+            }
+            continue;
+        }
         if !l.starts_with("rdmasock[") || !l.contains(&key) {
             continue;
         }
