@@ -150,7 +150,8 @@ run_suite() {
             # Sweeps what dead processes left; anything listed after that is a leak.
             RDMASOCK_DIR=$dir "$STAT" stat --json >"$base.$n.stat.json" 2>&1
             RDMASOCK_DIR=$dir "$STAT" stat --json >"$base.$n.stat.json" 2>&1
-            { ls -A "$dir" | grep -vx offers; ls -A "$dir/offers" 2>/dev/null; } >"$base.$n.leftover"
+            # The offer directory and the change counter (gen) are the registry itself.
+            { ls -A "$dir" | grep -vx -e offers -e gen; ls -A "$dir/offers" 2>/dev/null; } >"$base.$n.leftover"
         fi
         echo "attempt $n $rc $hung" >>"$base.runs"
         if [ "$hung" = - ] || [ $n -gt "$MAX_HANGS" ]; then
