@@ -47,7 +47,8 @@ mod local {
     pub const LEFT: u32 = 128;
 }
 
-/// How often a writer that never blocks checks that its peer still exists.
+/// How often a writer that never blocks checks that its peer still exists (read on the
+/// coarse clock, every message: so once per kernel tick where the tick is longer).
 const LIVENESS_CHECK_NS: u64 = 1_000_000;
 
 pub struct ShmStream {
@@ -110,7 +111,7 @@ impl ShmStream {
             bell_tx,
             bell: LocalBell::default(),
             flags: AtomicU32::new(0),
-            last_liveness_ns: AtomicU64::new(sys::now_ns()),
+            last_liveness_ns: AtomicU64::new(sys::coarse_now_ns()),
             shared: AtomicBool::new(false),
             sndbuf: AtomicU32::new(0),
             reuse,
@@ -285,7 +286,7 @@ impl ShmStream {
     /// Has LIVENESS_CHECK_NS passed since the last look at the doorbell? (then the
     /// caller looks: the clock is reset)
     fn liveness_due(&self) -> bool {
-        let now = sys::now_ns();
+        let now = sys::coarse_now_ns();
         if now.wrapping_sub(self.last_liveness_ns.load(Ordering::Relaxed)) > LIVENESS_CHECK_NS {
             self.last_liveness_ns.store(now, Ordering::Relaxed);
             return true;

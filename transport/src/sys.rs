@@ -574,6 +574,16 @@ pub fn now_ns() -> u64 {
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
+/// Monotonic clock in nanoseconds, as of the last kernel tick (vDSO, no TSC read: 6.5 ns
+/// here against 25 ns for [`now_ns`]; resolution 1-4 ms). For checks made on every
+/// message that only need to happen about once per millisecond.
+pub fn coarse_now_ns() -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: ts is a valid out-pointer.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
 /// Wall-clock seconds (vDSO), to compare with file times.
 pub fn wall_secs() -> i64 {
     let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
