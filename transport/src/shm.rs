@@ -671,8 +671,8 @@ impl Drop for ShmStream {
         }
         let owner = sys::getpid();
         match reuse {
-            Some(Reuse::Park { seg, ino, pool }) => pool.put(Parked { pid: owner, seg, ino, map: self.map.take() }),
-            Some(Reuse::Keep { peer, ino, pool }) => pool.keep(Kept { owner, peer, ino, map: self.map.take() }),
+            Some(Reuse::Park { seg, ino, pool }) => pool.parked.put(owner, Parked { seg, ino, map: self.map.take() }),
+            Some(Reuse::Keep { peer, ino, pool }) => pool.kept.put(owner, Kept { peer, ino, map: self.map.take() }),
             None => {}
         }
     }
@@ -726,9 +726,7 @@ impl Shm {
     pub fn new(reg: Arc<Registry>, ring: u64) -> Shm {
         Shm { reg, ring, pool: Arc::new(Pool::default()) }
     }
-}
 
-impl Shm {
     /// The offer of client socket `peer_inode`: in our listeners' mailboxes, as a file,
     /// or (a listening socket we did not register) in the mailbox of whoever did.
     fn find(&self, peer_inode: u64, sock: RawFd) -> Option<layout::OfferRepr> {
@@ -758,24 +756,22 @@ const POOL_MAX_BYTES: u64 = 64 << 10;
 /// it again, the claim maps nothing. The offer is checked as any other (magic, nonce,
 /// state), and the seals checked at the first mapping are permanent. Entries are used
 /// only by the process that made them (a forked child drops its inherited copies).
-#[derive(Default)]
 struct Pool {
-    parked: Mutex<Vec<Parked>>,
-    kept: Mutex<Vec<Kept>>,
+    parked: Shelf<Parked>,
+    kept: Shelf<Kept>,
+}
+
+impl Default for Pool {
+    fn default() -> Pool {
+        Pool { parked: Shelf::new(POOL_MAX), kept: Shelf::new(KEEP_MAX) }
+    }
 }
 
 /// Server mappings kept at most, per process (several clients may each have one).
 const KEEP_MAX: usize = 8;
 
-struct Kept {
-    owner: u32,
-    peer: u32,
-    ino: u64,
-    map: Mapping,
-}
-
+/// A client's parked segment.
 struct Parked {
-    pid: u32,
     seg: Fd,
     ino: u64,
     map: Mapping,
@@ -788,43 +784,47 @@ impl Parked {
     }
 }
 
-impl Pool {
-    fn put(&self, p: Parked) {
-        let mut v = self.parked.lock();
-        if v.len() >= POOL_MAX {
-            v.remove(0);
-        }
-        v.push(p);
+/// A server's kept mapping of client `peer`'s segment `ino`.
+struct Kept {
+    peer: u32,
+    ino: u64,
+    map: Mapping,
+}
+
+/// A few entries kept by this process for a later connection, the oldest evicted first.
+/// Each is tagged with the pid that put it: a forked child drops what it inherited.
+struct Shelf<T> {
+    max: usize,
+    items: Mutex<Vec<(u32, T)>>,
+}
+
+impl<T> Shelf<T> {
+    fn new(max: usize) -> Shelf<T> {
+        Shelf { max, items: Mutex::new(Vec::new()) }
     }
 
-    fn take(&self, len: usize, pid: u32) -> Option<Parked> {
-        let mut v = self.parked.lock();
+    fn put(&self, owner: u32, item: T) {
+        let mut v = self.items.lock();
+        if v.len() >= self.max {
+            v.remove(0);
+        }
+        v.push((owner, item));
+    }
+
+    /// An entry of ours that `want`s, taken off the shelf.
+    fn take(&self, owner: u32, want: impl Fn(&T) -> bool) -> Option<T> {
+        let mut v = self.items.lock();
         if v.is_empty() {
             return None;
         }
-        v.retain(|p| p.pid == pid && p.map.len() == len);
-        let i = v.iter().position(|p| p.hdr().sides[SERVER].flags.load(Ordering::Acquire) & layout::side::RELEASED != 0)?;
-        Some(v.swap_remove(i))
+        v.retain(|(o, _)| *o == owner);
+        let i = v.iter().position(|(_, t)| want(t))?;
+        Some(v.swap_remove(i).1)
     }
 
-    fn keep(&self, k: Kept) {
-        let mut v = self.kept.lock();
-        if v.len() >= KEEP_MAX {
-            v.remove(0);
-        }
-        v.push(k);
-    }
-
-    /// Our mapping of client `peer`'s segment `ino`, if we kept one.
-    fn kept(&self, peer: u32, ino: u64, len: usize) -> Option<Mapping> {
-        let mut v = self.kept.lock();
-        if v.is_empty() {
-            return None;
-        }
-        let owner = sys::getpid();
-        v.retain(|k| k.owner == owner);
-        let i = v.iter().position(|k| k.peer == peer && k.ino == ino && k.map.len() == len)?;
-        Some(v.swap_remove(i).map)
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.items.lock().len()
     }
 }
 
@@ -951,7 +951,8 @@ impl Fabric for Shm {
         let sock = crate::wait::hidden_dup(sock)?;
         let len = layout::segment_len(self.ring);
         let pid = sys::getpid();
-        let (seg, seg_ino, map) = match self.pool.take(len as usize, pid) {
+        let released = |p: &Parked| p.map.len() == len as usize && p.hdr().sides[SERVER].flags.load(Ordering::Acquire) & layout::side::RELEASED != 0;
+        let (seg, seg_ino, map) = match self.pool.parked.take(pid, released) {
             Some(p) => (p.seg, p.ino, p.map),
             None => {
                 let seg = hide_fd(sys::sealed_memfd("rdmasock", len)?);
@@ -1019,8 +1020,9 @@ fn claim_offer(rec: &layout::OfferRepr, sock: RawFd, pool: &Arc<Pool>) -> Result
     let sock = crate::wait::hidden_dup(sock).map_err(fail)?;
     // The seals make the size permanent, so no access can ever fault (SIGBUS).
     let len = layout::segment_len(rec.ring_size);
-    let map = match pool.kept(rec.pid, rec.seg_ino, len as usize) {
-        Some(map) => map,
+    let ours = |k: &Kept| k.peer == rec.pid && k.ino == rec.seg_ino && k.map.len() == len as usize;
+    let map = match pool.kept.take(sys::getpid(), ours) {
+        Some(k) => k.map,
         None => sys::map_peer_sealed(rec.pid, rec.seg_fd, rec.seg_ino, len).map_err(fail)?,
     };
     // SAFETY: the mapping is at least a header long (checked size).
@@ -1133,18 +1135,18 @@ mod tests {
                 let stale = first.as_ref().unwrap();
                 assert_eq!(claim_offer(stale, s.as_raw_fd(), &shm.pool).err(), Some(Reason::ClaimFailed));
             }
-            let kept = shm.pool.kept.lock().len();
+            let kept = shm.pool.kept.len();
             let server = shm.claim(inode, s.as_raw_fd()).unwrap();
             if round == 1 {
-                assert_eq!((kept, shm.pool.kept.lock().len()), (1, 0), "the claim took the kept mapping");
+                assert_eq!((kept, shm.pool.kept.len()), (1, 0), "the claim took the kept mapping");
             }
             assert_eq!(offer.decision(Duration::from_secs(5)), Some(true));
             let client = offer.into_stream();
             exchange(&*client, &*server, &format!("round {round}, {}", "x".repeat(round * 7)));
             drop(server);
             drop(client);
-            assert_eq!(shm.pool.parked.lock().len(), 1);
-            assert_eq!(shm.pool.kept.lock().len(), 1);
+            assert_eq!(shm.pool.parked.len(), 1);
+            assert_eq!(shm.pool.kept.len(), 1);
             first.get_or_insert(rec);
         }
         let _ = std::fs::remove_dir_all(&dir);
