@@ -205,6 +205,24 @@ pub struct OfferRepr {
     pub seg_ino: u64,
 }
 
+#[cfg(test)]
+impl OfferRepr {
+    /// A well-formed record with made-up fds and inodes, for tests of where records go.
+    pub fn sample(nonce: u64, pid: u32) -> OfferRepr {
+        OfferRepr {
+            nonce,
+            pid,
+            seg_fd: 3,
+            client_bell_fd: 4,
+            server_bell_fd: 5,
+            client_bell_ino: 6,
+            server_bell_ino: 7,
+            ring_size: 1 << 20,
+            seg_ino: 8,
+        }
+    }
+}
+
 #[derive(Debug, PartialEq, Eq)]
 pub enum RecordError {
     Truncated,

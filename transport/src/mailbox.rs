@@ -165,18 +165,7 @@ mod tests {
     use super::*;
 
     fn rec(nonce: u64) -> [u8; OFFER_LEN] {
-        OfferRepr {
-            nonce,
-            pid: sys::getpid(),
-            seg_fd: 3,
-            client_bell_fd: 4,
-            server_bell_fd: 5,
-            client_bell_ino: 6,
-            server_bell_ino: 7,
-            ring_size: 1 << 20,
-            seg_ino: 8,
-        }
-        .emit()
+        OfferRepr::sample(nonce, sys::getpid()).emit()
     }
 
     #[test]

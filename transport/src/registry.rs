@@ -507,20 +507,6 @@ mod tests {
         remove_registry(&dir);
     }
 
-    fn offer(nonce: u64, pid: u32) -> OfferRepr {
-        OfferRepr {
-            nonce,
-            pid,
-            seg_fd: 3,
-            client_bell_fd: 4,
-            server_bell_fd: 5,
-            client_bell_ino: 6,
-            server_bell_ino: 7,
-            ring_size: 1 << 20,
-            seg_ino: 8,
-        }
-    }
-
     #[test]
     fn offers_go_to_the_listeners_mailbox_or_to_a_file() {
         let (reg, dir) = tmp_registry();
@@ -528,21 +514,21 @@ mod tests {
         let held = reg.register_listener(&l).unwrap();
         let to = reg.listeners(5557)[0];
         // Into the mailbox: no file.
-        let p = reg.post_offer(4001, &offer(11, sys::getpid()), Some(&to)).unwrap();
+        let p = reg.post_offer(4001, &OfferRepr::sample(11, sys::getpid()), Some(&to)).unwrap();
         assert!(matches!(p, Posted::Slot(..)));
         assert!(names_in(&reg.offer_dir()).is_empty());
         assert_eq!(reg.find_offer(4001).unwrap().nonce, 11);
         p.remove();
         assert_eq!(reg.find_offer(4001), None);
         // No listener named: a file, found the same way, gone once removed.
-        let p = reg.post_offer(4002, &offer(12, sys::getpid()), None).unwrap();
+        let p = reg.post_offer(4002, &OfferRepr::sample(12, sys::getpid()), None).unwrap();
         assert!(matches!(p, Posted::File(_)));
         assert_eq!(reg.find_offer(4002).unwrap().nonce, 12);
         p.remove();
         assert_eq!(reg.find_offer(4002), None);
         // A dead client's file is swept; a live one's is not.
-        let dead = reg.post_offer(4003, &offer(13, i32::MAX as u32), None).unwrap();
-        let live = reg.post_offer(4004, &offer(14, sys::getpid()), None).unwrap();
+        let dead = reg.post_offer(4003, &OfferRepr::sample(13, i32::MAX as u32), None).unwrap();
+        let live = reg.post_offer(4004, &OfferRepr::sample(14, sys::getpid()), None).unwrap();
         assert_eq!(reg.sweep(), 1);
         assert_eq!(reg.find_offer(4003), None);
         assert_eq!(reg.find_offer(4004).unwrap().nonce, 14);
