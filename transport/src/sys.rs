@@ -504,7 +504,7 @@ pub fn peer_fd(pid: u32, fd: i32, flags: libc::c_int) -> io::Result<(Fd, bool)> 
 struct Pidfds {
     /// (pid, its pidfd or None where pidfd_getfd was refused), most recent last.
     map: parking_lot::Mutex<Vec<(u32, Option<Fd>)>>,
-    /// No pidfd_getfd in this kernel (ENOSYS), or not allowed at all.
+    /// No pidfd_getfd in this kernel (ENOSYS): every take goes through /proc.
     off: std::sync::atomic::AtomicBool,
 }
 
@@ -566,22 +566,23 @@ pub fn map_peer_sealed(pid: u32, fd: i32, ino: u64, len: u64) -> io::Result<Mapp
     Mapping::shared(f.as_raw_fd(), len as usize)
 }
 
-/// Monotonic clock in nanoseconds (vDSO).
-pub fn now_ns() -> u64 {
+fn clock_ns(id: libc::clockid_t) -> u64 {
     let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
     // SAFETY: ts is a valid out-pointer.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    unsafe { libc::clock_gettime(id, &mut ts) };
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// Monotonic clock in nanoseconds (vDSO).
+pub fn now_ns() -> u64 {
+    clock_ns(libc::CLOCK_MONOTONIC)
 }
 
 /// Monotonic clock in nanoseconds, as of the last kernel tick (vDSO, no TSC read: 6.5 ns
 /// here against 25 ns for [`now_ns`]; resolution 1-4 ms). For checks made on every
 /// message that only need to happen about once per millisecond.
 pub fn coarse_now_ns() -> u64 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
-    // SAFETY: ts is a valid out-pointer.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+    clock_ns(libc::CLOCK_MONOTONIC_COARSE)
 }
 
 /// Wall-clock seconds (vDSO), to compare with file times.
