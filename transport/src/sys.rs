@@ -587,10 +587,7 @@ pub fn coarse_now_ns() -> u64 {
 
 /// Wall-clock seconds (vDSO), to compare with file times.
 pub fn wall_secs() -> i64 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
-    // SAFETY: ts is a valid out-pointer.
-    unsafe { libc::clock_gettime(libc::CLOCK_REALTIME, &mut ts) };
-    ts.tv_sec
+    (clock_ns(libc::CLOCK_REALTIME) / 1_000_000_000) as i64
 }
 
 /// 64 bits for names and nonces, unpredictable to other processes and not repeated in
