@@ -176,3 +176,11 @@ fn posix_spawn_child_writes_to_an_inherited_socket() {
 fn vfork_child_writes_to_an_inherited_socket() {
     compare_c("vfork");
 }
+
+/// Connections that follow each other between two processes end as on Linux (EOF to a
+/// sleeping reader, on either side, and after the server is killed), although under the
+/// shim no doorbell hangs up when one ends in order (docs/protocol.md §1.4).
+#[test]
+fn back_to_back_connections_end_as_on_linux() {
+    compare("kept_doorbells.py", &[]);
+}

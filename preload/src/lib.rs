@@ -91,6 +91,9 @@ extern "C" fn fork_child() {
     if let (Some(t), Some(reg)) = (state::stats_if_any(), state::registry()) {
         t.fork_child(reg);
     }
+    if let Some(f) = state::fabric_if_any() {
+        f.after_fork_child();
+    }
     for (_, e) in table::all() {
         if let sock::Entry::Conn(c) = e {
             if let Some(Some(s)) = c.decided.get() {

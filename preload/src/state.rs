@@ -61,6 +61,11 @@ pub fn registry() -> Option<&'static Arc<Registry>> {
 /// The fabric this process offers and claims on, chosen once (ARCHITECTURE.md §3):
 /// kmod when the mailbox driver is there (or forced), else shm. Listeners are found
 /// through the registry either way.
+/// The fabric, if this process has chosen one already.
+pub fn fabric_if_any() -> Option<&'static dyn Fabric> {
+    FABRIC.get().and_then(|f| f.as_deref())
+}
+
 pub fn fabric() -> Option<&'static dyn Fabric> {
     FABRIC
         .get_or_init(|| {

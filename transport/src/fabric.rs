@@ -241,6 +241,8 @@ pub trait Fabric: Send + Sync {
     /// At accept, when policy keeps the connection on TCP: tell the client at once
     /// (best effort), rather than let it wait for its claim deadline.
     fn refuse(&self, peer_inode: u64);
+    /// In a forked child: let go of what the parent kept for later connections.
+    fn after_fork_child(&self) {}
 }
 
 #[cfg(test)]

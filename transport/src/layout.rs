@@ -190,6 +190,10 @@ mod offer_field {
 pub const OFFER_MAGIC: u32 = u32::from_le_bytes(*b"RDOF");
 pub const OFFER_VERSION: u8 = 1;
 pub const OFFER_LEN: usize = offer_field::LEN;
+/// `client_bell_fd` and `server_bell_fd` of an offer that uses again the doorbells of
+/// the segment's last connection, whose ends the claiming server kept (docs/protocol.md
+/// §1.4): there is nothing to take from the client.
+pub const BELLS_KEPT: i32 = -1;
 
 /// The parsed form of an offer record.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -261,7 +265,8 @@ impl<T: AsRef<[u8]>> OfferRecord<T> {
             ring_size: field_get!(b, u64, offer_field::RING_SIZE),
             seg_ino: field_get!(b, u64, offer_field::SEG_INO),
         };
-        let fds_ok = repr.seg_fd >= 0 && repr.client_bell_fd >= 0 && repr.server_bell_fd >= 0;
+        let bells = (repr.client_bell_fd, repr.server_bell_fd);
+        let fds_ok = repr.seg_fd >= 0 && (bells.0 >= 0 && bells.1 >= 0 || bells == (BELLS_KEPT, BELLS_KEPT));
         if repr.pid == 0 || !fds_ok || !ring_size_ok(repr.ring_size) {
             return Err(RecordError::Value);
         }
@@ -438,6 +443,8 @@ mod tests {
         assert_eq!(&b[8..16], &0x1122334455667788u64.to_le_bytes());
         let r = OfferRecord::new_checked(&b[..]).unwrap();
         assert_eq!(r.parse().unwrap(), sample_offer());
+        let kept = OfferRepr { client_bell_fd: BELLS_KEPT, server_bell_fd: BELLS_KEPT, ..sample_offer() };
+        assert_eq!(OfferRecord::new_checked(&kept.emit()[..]).unwrap().parse().unwrap(), kept);
     }
 
     #[test]
@@ -451,7 +458,8 @@ mod tests {
         v[4] = 2;
         assert_eq!(OfferRecord::new_checked(&v[..]).err(), Some(RecordError::Version));
         for bad in [OfferRepr { ring_size: 3000, ..sample_offer() }, OfferRepr { seg_fd: -1, ..sample_offer() },
-                    OfferRepr { ring_size: RING_MAX * 2, ..sample_offer() }, OfferRepr { pid: 0, ..sample_offer() }] {
+                    OfferRepr { ring_size: RING_MAX * 2, ..sample_offer() }, OfferRepr { pid: 0, ..sample_offer() },
+                    OfferRepr { client_bell_fd: BELLS_KEPT, ..sample_offer() }, OfferRepr { server_bell_fd: -2, ..sample_offer() }] {
             let e = bad.emit();
             assert_eq!(OfferRecord::new_checked(&e[..]).unwrap().parse().err(), Some(RecordError::Value));
         }

@@ -26,6 +26,7 @@ use std::io::{self, IoSlice, IoSliceMut};
 use std::os::fd::{AsRawFd, RawFd};
 use crate::sys::Fd;
 use std::sync::atomic::{fence, AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::mem::ManuallyDrop;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -58,11 +59,13 @@ pub struct ShmStream {
     rx: Mutex<Consumer>,
     /// Our own reference to the kernel socket (a close-on-exec dup), for the move back
     /// to TCP when the peer goes.
-    sock: Fd,
+    sock: ManuallyDrop<Fd>,
     /// Our doorbell's read end (blocking).
-    bell_rx: Fd,
+    bell_rx: ManuallyDrop<Fd>,
     /// The peer's doorbell's write end (non-blocking).
-    bell_tx: Fd,
+    bell_tx: ManuallyDrop<Fd>,
+    /// The doorbell pipes' inodes (the client's, the server's), for the pool.
+    bell_ino: (u64, u64),
     bell: LocalBell,
     flags: AtomicU32,
     last_liveness_ns: AtomicU64,
@@ -90,7 +93,7 @@ enum Reuse {
 impl ShmStream {
     /// # Safety-relevant contract
     /// `map` is a validated segment of `segment_len(ring)` bytes.
-    fn new(map: Mapping, side: usize, ring: u64, sock: Fd, bell_rx: Fd, bell_tx: Fd, reuse: Option<Reuse>) -> ShmStream {
+    fn new(map: Mapping, side: usize, ring: u64, sock: Fd, bells: Bells, reuse: Option<Reuse>) -> ShmStream {
         let base = map.as_ptr();
         let hdr = base as *const SegHeader;
         let data = |d: usize| unsafe { base.add((layout::SEG_HEADER_SIZE + d as u64 * ring) as usize) };
@@ -106,9 +109,10 @@ impl ShmStream {
             side,
             tx: Mutex::new(tx),
             rx: Mutex::new(rx),
-            sock,
-            bell_rx,
-            bell_tx,
+            sock: ManuallyDrop::new(sock),
+            bell_rx: ManuallyDrop::new(bells.rx),
+            bell_tx: ManuallyDrop::new(bells.tx),
+            bell_ino: bells.ino,
             bell: LocalBell::default(),
             flags: AtomicU32::new(0),
             last_liveness_ns: AtomicU64::new(sys::coarse_now_ns()),
@@ -188,10 +192,14 @@ impl ShmStream {
     /// the SeqCst fetch_or in `arm` (Dekker: either it sees our index on its re-check, or
     /// we see its bit here).
     fn wake_peer(&self, what: u32) {
+        self.wake_peer_on(self.bell_tx.as_raw_fd(), what);
+    }
+
+    fn wake_peer_on(&self, bell_tx: RawFd, what: u32) {
         fence(Ordering::SeqCst);
         let p = self.peer();
         if p.wait.load(Ordering::Relaxed) & what != 0 && p.wait.fetch_and(!what, Ordering::SeqCst) & what != 0 {
-            let _ = sys::write(self.bell_tx.as_raw_fd(), &[1]);
+            let _ = sys::write(bell_tx, &[1]);
         }
     }
 
@@ -646,34 +654,47 @@ impl Drop for ShmStream {
     /// This process lets go of the connection. If it leaves bytes unread in the ring,
     /// the kernel socket must close with a reset, as Linux does for unread bytes in a
     /// receive queue (those bytes never were in the kernel's): SO_LINGER {1, 0} makes
-    /// the kernel send it. The socket reference closes before the doorbell ends (field
-    /// order), so the peer finds the reset or FIN in place when its doorbell hangs up.
+    /// the kernel send it. The socket reference closes first, so the peer finds the
+    /// reset or FIN in place when it learns that we went: from the doorbell's hang-up,
+    /// or, where the doorbells are kept for the next connection, from our LEFT flag.
     /// A side shared with other processes (after fork) may be closed here while another
     /// process goes on reading: there the socket closes as it is.
     fn drop(&mut self) {
+        // SAFETY: taken once, here; nothing uses them afterwards.
+        let (sock, rx, tx) = unsafe { (ManuallyDrop::take(&mut self.sock), ManuallyDrop::take(&mut self.bell_rx), ManuallyDrop::take(&mut self.bell_tx)) };
         if self.is_shared() {
+            drop(sock);
             return;
         }
-        let rx = self.rx.get_mut();
-        let unread = !matches!(rx.available(), Ok(0));
+        let unread = !matches!(self.rx.get_mut().available(), Ok(0));
         if unread && !self.has(local::MOVED) {
-            let _ = sys::setsockopt(self.sock.as_raw_fd(), libc::SOL_SOCKET, libc::SO_LINGER, libc::linger { l_onoff: 1, l_linger: 0 });
+            let _ = sys::setsockopt(sock.as_raw_fd(), libc::SOL_SOCKET, libc::SO_LINGER, libc::linger { l_onoff: 1, l_linger: 0 });
         }
+        drop(sock);
         // A segment that carried a short, orderly connection is parked by the client,
-        // and its mapping kept by the server, for the next connection between them.
+        // and its mapping kept by the server, for the next connection between them;
+        // with it, our ends of both doorbells.
         let clean = self.flags.load(Ordering::Relaxed) & (local::PEER_GONE | local::MOVED | local::LEFT | local::BROKEN | local::ERR_RESET) == 0;
         let moved = self.tx.get_mut().tail() + self.rx.get_mut().head();
         let reuse = if clean && !unread && moved <= POOL_MAX_BYTES { self.reuse.take() } else { None };
+        if reuse.is_some() {
+            // No hang-up will tell the peer: our flag does, and our ring if it sleeps
+            // (every wait re-checks LEFT after announcing itself, §4.3 of ARCHITECTURE).
+            self.me().flags.fetch_or(layout::side::LEFT, Ordering::Release);
+            self.wake_peer_on(tx.as_raw_fd(), u32::MAX);
+        }
+        let server = self.hdr().server_pid.load(Ordering::Relaxed);
         if self.side == SERVER {
             // Our last access to the segment: the client may offer it again. Keeping the
             // mapping is not an access: it is next touched only after a new claim.
             self.me().flags.fetch_or(layout::side::RELEASED, Ordering::Release);
         }
         let owner = sys::getpid();
+        let bells = Bells { rx, tx, ino: self.bell_ino };
         match reuse {
-            Some(Reuse::Park { seg, ino, pool }) => pool.parked.put(owner, Parked { seg, ino, map: self.map.take() }),
-            Some(Reuse::Keep { peer, ino, pool }) => pool.kept.put(owner, Kept { peer, ino, map: self.map.take() }),
-            None => {}
+            Some(Reuse::Park { seg, ino, pool }) => pool.parked.put(owner, Parked { seg, ino, map: self.map.take(), bells: Some((bells, server)) }),
+            Some(Reuse::Keep { peer, ino, pool }) => pool.kept.put(owner, Kept { peer, ino, map: self.map.take(), bells: Some(bells) }),
+            None => drop(bells),
         }
     }
 }
@@ -770,11 +791,46 @@ impl Default for Pool {
 /// Server mappings kept at most, per process (several clients may each have one).
 const KEEP_MAX: usize = 8;
 
-/// A client's parked segment.
+/// A client's parked segment, with our ends of its doorbells and the pid of the
+/// server that holds the other ends (if the connection's were kept).
 struct Parked {
     seg: Fd,
     ino: u64,
     map: Mapping,
+    bells: Option<(Bells, u32)>,
+}
+
+/// One side's doorbell ends: its own pipe's read end, the peer's pipe's write end; and
+/// the two pipes' inodes (the client's, the server's), as an offer record names them.
+///
+/// Kept with a parked segment (client) or a kept mapping (server), they carry the next
+/// connection between the same two processes: no pipe is made, moved, taken or closed.
+/// A hang-up still means what it meant: the other process died, or dropped its ends
+/// (evicted them, or its connection did not end cleanly).
+struct Bells {
+    rx: Fd,
+    tx: Fd,
+    ino: (u64, u64),
+}
+
+impl Bells {
+    /// Can these ends carry another connection? Both pipes must still have their other
+    /// end; a doorbell byte left from the last connection is drained (a spurious wake-up
+    /// otherwise, and over many connections a full pipe).
+    fn ready_again(&self) -> bool {
+        let mut p = [
+            libc::pollfd { fd: self.rx.as_raw_fd(), events: libc::POLLIN, revents: 0 },
+            libc::pollfd { fd: self.tx.as_raw_fd(), events: 0, revents: 0 },
+        ];
+        if sys::poll(&mut p, 0).is_err() {
+            return false;
+        }
+        let hung = |r: i16| r & (libc::POLLHUP | libc::POLLERR | libc::POLLNVAL) != 0;
+        if hung(p[0].revents) || hung(p[1].revents) {
+            return false;
+        }
+        !crate::wait::drain_after_poll(p[0].fd, p[0].revents)
+    }
 }
 
 impl Parked {
@@ -784,11 +840,12 @@ impl Parked {
     }
 }
 
-/// A server's kept mapping of client `peer`'s segment `ino`.
+/// A server's kept mapping of client `peer`'s segment `ino`, with our doorbell ends.
 struct Kept {
     peer: u32,
     ino: u64,
     map: Mapping,
+    bells: Option<Bells>,
 }
 
 /// A few entries kept by this process for a later connection, the oldest evicted first.
@@ -822,6 +879,12 @@ impl<T> Shelf<T> {
         Some(v.swap_remove(i).1)
     }
 
+    /// In a forked child: close what the parent put (its doorbell ends above all: held
+    /// here, they would keep the parent's peer from ever seeing the parent die).
+    fn forget_others(&self, owner: u32) {
+        self.items.lock().retain(|(o, _)| *o == owner);
+    }
+
     #[cfg(test)]
     fn len(&self) -> usize {
         self.items.lock().len()
@@ -841,6 +904,7 @@ struct ShmOffer {
     ring: u64,
     bell_rx: Mutex<Option<Fd>>,
     bell_tx: Mutex<Option<Fd>>,
+    bell_ino: (u64, u64),
     sock: Mutex<Option<Fd>>,
 }
 
@@ -909,7 +973,7 @@ impl Offer for ShmOffer {
         let tx = this.bell_tx.lock().take().expect("bell present");
         let sock = this.sock.lock().take().expect("socket present");
         let reuse = this.seg.lock().take().map(|(seg, ino)| Reuse::Park { seg, ino, pool: this.pool.clone() });
-        Arc::new(ShmStream::new(map, CLIENT, this.ring, sock, rx, tx, reuse))
+        Arc::new(ShmStream::new(map, CLIENT, this.ring, sock, Bells { rx, tx, ino: this.bell_ino }, reuse))
     }
 }
 
@@ -929,6 +993,11 @@ impl Drop for ShmOffer {
 /// Ring the client's doorbell once, for a server that refused or could not claim: the
 /// client then reads the state word instead of waiting out its decision timeout.
 fn ring_client(rec: &layout::OfferRepr) {
+    if rec.client_bell_fd == layout::BELLS_KEPT {
+        // Only a server that kept the doorbells could ring; the client also looks at the
+        // state word every few milliseconds while it waits.
+        return;
+    }
     if let Ok((f, _)) = sys::peer_fd(rec.pid, rec.client_bell_fd, libc::O_WRONLY | libc::O_NONBLOCK) {
         let st = sys::fstat(f.as_raw_fd());
         if st.is_ok_and(|st| st.st_mode & libc::S_IFMT == libc::S_IFIFO && st.st_ino == rec.client_bell_ino) {
@@ -952,46 +1021,65 @@ impl Fabric for Shm {
         let len = layout::segment_len(self.ring);
         let pid = sys::getpid();
         let released = |p: &Parked| p.map.len() == len as usize && p.hdr().sides[SERVER].flags.load(Ordering::Acquire) & layout::side::RELEASED != 0;
-        let (seg, seg_ino, map) = match self.pool.parked.take(pid, released) {
-            Some(p) => (p.seg, p.ino, p.map),
+        let (seg, seg_ino, map, bells) = match self.pool.parked.take(pid, released) {
+            Some(p) => (p.seg, p.ino, p.map, p.bells),
             None => {
                 let seg = hide_fd(sys::sealed_memfd("rdmasock", len)?);
                 let map = Mapping::shared(seg.as_raw_fd(), len as usize)?;
                 let ino = sys::fstat(seg.as_raw_fd())?.st_ino;
-                (seg, ino, map)
+                (seg, ino, map, None)
             }
         };
+        // The last connection's doorbells, if the one listener we offer to is the
+        // process that kept their other ends (it claimed that connection) and still
+        // has them.
+        let kept = bells.filter(|(b, server)| to.is_some_and(|l| l.pid == *server) && b.ready_again()).map(|(b, _)| b);
         let nonce = sys::random_u64();
         // SAFETY: a fresh mapping, or a parked one whose server side has released it:
         // nobody else touches it until the offer is posted.
-        unsafe { reset_header(map.as_ptr() as *mut SegHeader, nonce, self.ring, pid) };
-        let (c_r, c_w) = sys::doorbell_pipe()?;
-        let (s_r, s_w) = sys::doorbell_pipe()?;
-        let (c_r, c_w, s_r, s_w) = (hide_fd(c_r), hide_fd(c_w), hide_fd(s_r), hide_fd(s_w));
-        let ino = |f: &Fd| sys::fstat(f.as_raw_fd()).map(|s| s.st_ino);
+        unsafe { reset_header(map.as_ptr() as *mut SegHeader, nonce, self.ring, pid, sys::current_cpu()) };
+        let (bell_rx, bell_tx, lent, (client_bell_fd, server_bell_fd), bell_ino) = match kept {
+            Some(b) => (b.rx, b.tx, Vec::new(), (layout::BELLS_KEPT, layout::BELLS_KEPT), b.ino),
+            None => {
+                let (c_r, c_w) = sys::doorbell_pipe()?;
+                let (s_r, s_w) = sys::doorbell_pipe()?;
+                let (c_r, c_w, s_r, s_w) = (hide_fd(c_r), hide_fd(c_w), hide_fd(s_r), hide_fd(s_w));
+                let ino = |f: &Fd| sys::fstat(f.as_raw_fd()).map(|s| s.st_ino);
+                let fds = (c_w.as_raw_fd(), s_r.as_raw_fd());
+                let inos = (ino(&c_w)?, ino(&s_r)?);
+                (c_r, s_w, vec![c_w, s_r], fds, inos)
+            }
+        };
         let rec = layout::OfferRepr {
             nonce,
             pid,
             seg_fd: seg.as_raw_fd(),
-            client_bell_fd: c_w.as_raw_fd(),
-            server_bell_fd: s_r.as_raw_fd(),
-            client_bell_ino: ino(&c_w)?,
-            server_bell_ino: ino(&s_r)?,
+            client_bell_fd,
+            server_bell_fd,
+            client_bell_ino: bell_ino.0,
+            server_bell_ino: bell_ino.1,
             ring_size: self.ring,
             seg_ino,
         };
         let record = self.reg.post_offer(sock_inode, &rec, to)?;
         Ok(Box::new(ShmOffer {
             record: Mutex::new(Some(record)),
-            lent: Mutex::new(vec![c_w, s_r]),
+            lent: Mutex::new(lent),
             seg: Mutex::new(Some((seg, seg_ino))),
             pool: self.pool.clone(),
             map: Mutex::new(Some(map)),
             ring: self.ring,
-            bell_rx: Mutex::new(Some(c_r)),
-            bell_tx: Mutex::new(Some(s_w)),
+            bell_rx: Mutex::new(Some(bell_rx)),
+            bell_tx: Mutex::new(Some(bell_tx)),
+            bell_ino,
             sock: Mutex::new(Some(sock)),
         }))
+    }
+
+    fn after_fork_child(&self) {
+        let me = sys::getpid();
+        self.pool.parked.forget_others(me);
+        self.pool.kept.forget_others(me);
     }
 
     fn claim(&self, peer_inode: u64, sock: RawFd) -> Result<Arc<dyn Stream>, Reason> {
@@ -1021,9 +1109,9 @@ fn claim_offer(rec: &layout::OfferRepr, sock: RawFd, pool: &Arc<Pool>) -> Result
     // The seals make the size permanent, so no access can ever fault (SIGBUS).
     let len = layout::segment_len(rec.ring_size);
     let ours = |k: &Kept| k.peer == rec.pid && k.ino == rec.seg_ino && k.map.len() == len as usize;
-    let map = match pool.kept.take(sys::getpid(), ours) {
-        Some(k) => k.map,
-        None => sys::map_peer_sealed(rec.pid, rec.seg_fd, rec.seg_ino, len).map_err(fail)?,
+    let (map, kept_bells) = match pool.kept.take(sys::getpid(), ours) {
+        Some(k) => (k.map, k.bells),
+        None => (sys::map_peer_sealed(rec.pid, rec.seg_fd, rec.seg_ino, len).map_err(fail)?, None),
     };
     // SAFETY: the mapping is at least a header long (checked size).
     let hdr = unsafe { &*(map.as_ptr() as *const SegHeader) };
@@ -1053,16 +1141,27 @@ fn claim_offer(rec: &layout::OfferRepr, sock: RawFd, pool: &Arc<Pool>) -> Result
         }
         Ok(f)
     };
-    let bell_tx = open_fifo(rec.client_bell_fd, rec.client_bell_ino, libc::O_WRONLY | libc::O_NONBLOCK).map_err(refuse)?;
-    let bell_rx = open_fifo(rec.server_bell_fd, rec.server_bell_ino, libc::O_RDONLY).map_err(refuse)?;
-    let (bell_tx, bell_rx) = (hide_fd(bell_tx), hide_fd(bell_rx));
+    let bell_ino = (rec.client_bell_ino, rec.server_bell_ino);
+    let bells = if rec.client_bell_fd == layout::BELLS_KEPT {
+        // The client uses the last connection's doorbells again: we must have kept ours.
+        match kept_bells {
+            Some(b) if b.ino == bell_ino && b.ready_again() => b,
+            _ => return Err(refuse(Reason::ClaimFailed)),
+        }
+    } else {
+        let tx = open_fifo(rec.client_bell_fd, rec.client_bell_ino, libc::O_WRONLY | libc::O_NONBLOCK).map_err(refuse)?;
+        let rx = open_fifo(rec.server_bell_fd, rec.server_bell_ino, libc::O_RDONLY).map_err(refuse)?;
+        Bells { rx: hide_fd(rx), tx: hide_fd(tx), ino: bell_ino }
+    };
+    // Published with the claim: where the server runs, for the client's first wait.
+    hdr.sides[SERVER].cpu.store(sys::current_cpu(), Ordering::Relaxed);
     if hdr.state.compare_exchange(state::OFFERED, state::CLAIMED, Ordering::AcqRel, Ordering::Acquire).is_err() {
         return Err(Reason::ClaimTimeout);
     }
     hdr.server_pid.store(sys::getpid(), Ordering::Relaxed);
-    let _ = sys::write(bell_tx.as_raw_fd(), &[1]);
+    let _ = sys::write(bells.tx.as_raw_fd(), &[1]);
     let reuse = Reuse::Keep { peer: rec.pid, ino: rec.seg_ino, pool: pool.clone() };
-    Ok(Arc::new(ShmStream::new(map, SERVER, rec.ring_size, sock, bell_rx, bell_tx, Some(reuse))))
+    Ok(Arc::new(ShmStream::new(map, SERVER, rec.ring_size, sock, bells, Some(reuse))))
 }
 
 /// Make a segment header ready for a new offer: identity, and every shared word as a
@@ -1070,7 +1169,7 @@ fn claim_offer(rec: &layout::OfferRepr, sock: RawFd, pool: &Arc<Pool>) -> Result
 ///
 /// # Safety
 /// `h` points at the header of a mapped segment that no other process accesses.
-unsafe fn reset_header(h: *mut SegHeader, nonce: u64, ring: u64, pid: u32) {
+unsafe fn reset_header(h: *mut SegHeader, nonce: u64, ring: u64, pid: u32, cpu: u32) {
     std::ptr::addr_of_mut!((*h).magic).write(layout::SEG_MAGIC);
     std::ptr::addr_of_mut!((*h).version).write(layout::SEG_VERSION);
     std::ptr::addr_of_mut!((*h).nonce).write(nonce);
@@ -1086,6 +1185,10 @@ unsafe fn reset_header(h: *mut SegHeader, nonce: u64, ring: u64, pid: u32) {
         s.flags.store(0, Ordering::Relaxed);
         s.rcvbuf.store(0, Ordering::Relaxed);
     }
+    // Where the client runs, so that a server waiting for its first bytes can spin or
+    // yield for them rather than sleep (conn::wait_stream): the client writes right
+    // after the claim.
+    h.sides[CLIENT].cpu.store(cpu, Ordering::Relaxed);
     for d in &h.dirs {
         d.prod.tail.store(0, Ordering::Relaxed);
         d.prod.flags.store(0, Ordering::Relaxed);
@@ -1149,6 +1252,69 @@ mod tests {
             assert_eq!(shm.pool.kept.len(), 1);
             first.get_or_insert(rec);
         }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// Between the same two processes the doorbells of a finished connection carry the
+    /// next one: the record names them as kept, and no pipe is made. A clean close then
+    /// reaches the peer through LEFT (the connection moves to the kernel socket and reads
+    /// its EOF, as after a hang-up). Ends whose other side went are not used again, and a
+    /// server that no longer has the kept ends refuses at once.
+    #[test]
+    fn doorbells_are_used_again() {
+        let dir = format!("/tmp/rdmasock-shmtest-{}-{:x}", sys::getpid(), sys::random_u64());
+        let reg = Arc::new(Registry::open(&dir).unwrap());
+        let shm = Shm::new(reg.clone(), 64 << 10);
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        let me = ListenerRepr { addr: [0; 16], port, flags: 0, pid: sys::getpid(), mbox_fd: -1, mbox_ino: 0 };
+        let held = reg.register_listener(&me).unwrap();
+        let to = reg.listeners(port)[0];
+        let mut first: Option<layout::OfferRepr> = None;
+        for round in 0..5 {
+            let mut c = std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
+            let (s, _) = l.accept().unwrap();
+            let inode = sys::fstat(c.as_raw_fd()).unwrap().st_ino;
+            let offer = shm.offer(c.as_raw_fd(), Some(&to)).unwrap();
+            let rec = reg.find_offer(inode).expect("the offer is posted");
+            let kept = (rec.client_bell_fd, rec.server_bell_fd) == (layout::BELLS_KEPT, layout::BELLS_KEPT);
+            assert_eq!(kept, matches!(round, 1 | 2 | 4), "round {round}: {rec:?}");
+            if kept {
+                let old = first.as_ref().unwrap();
+                assert_eq!((rec.client_bell_ino, rec.server_bell_ino), (old.client_bell_ino, old.server_bell_ino));
+            } else {
+                first = Some(rec);
+            }
+            if round == 4 {
+                // The server lost its ends (as by eviction) after the client looked.
+                shm.pool.kept.forget_others(0);
+                assert_eq!(shm.claim(inode, s.as_raw_fd()).err(), Some(Reason::ClaimFailed));
+                assert_eq!(offer.decision(Duration::ZERO), Some(false), "refused, not left to time out");
+                break;
+            }
+            let server = shm.claim(inode, s.as_raw_fd()).unwrap();
+            assert_eq!(offer.decision(Duration::from_secs(5)), Some(true));
+            let client = offer.into_stream();
+            exchange(&*client, &*server, &format!("round {round}"));
+            drop(s);
+            drop(server);
+            if round == 2 {
+                // The server closed in order and kept its ends: no hang-up, LEFT instead.
+                assert!(client.has_data());
+                let mut buf = [0u8; 8];
+                assert!(matches!(client.dequeue(&mut [IoSliceMut::new(&mut buf)], false), Err(StreamError::Moved)));
+                assert_eq!(std::io::Read::read(&mut c, &mut buf).unwrap(), 0, "EOF from the kernel socket");
+                drop(client);
+                // Moved: the client lets its ends go, so the server's kept ends hang up
+                // and the next offer makes new pipes.
+                assert_eq!(shm.pool.parked.len(), 0);
+                continue;
+            }
+            drop(client);
+            // (Round 3: beside the server's kept entry of round 2, whose client is gone.)
+            assert_eq!((shm.pool.parked.len(), shm.pool.kept.len()), (1, 1 + (round == 3) as usize));
+        }
+        reg.release(held);
         let _ = std::fs::remove_dir_all(&dir);
     }
 }
