@@ -135,9 +135,13 @@ fn hear(fd: i32, offer: &dyn Offer, until: u64) -> Heard {
     let budget = state::policy().budget;
     if !budget.is_zero() && until > sys::now_ns() {
         let budget = budget.min(std::time::Duration::from_nanos(until - sys::now_ns()));
-        let decided = || offer.decision(std::time::Duration::ZERO).is_some();
+        let mut answer = None;
+        let decided = || {
+            answer = offer.decision(std::time::Duration::ZERO);
+            answer.is_some()
+        };
         if rdmasock_transport::wait::spin_until(&Approach::Yield, budget, decided) {
-            return if offer.decision(std::time::Duration::ZERO) == Some(true) { Heard::Claimed } else { Heard::Refused };
+            return if answer == Some(true) { Heard::Claimed } else { Heard::Refused };
         }
     }
     loop {

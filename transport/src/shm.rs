@@ -692,8 +692,8 @@ impl Drop for ShmStream {
         let owner = sys::getpid();
         let bells = Bells { rx, tx, ino: self.bell_ino };
         match reuse {
-            Some(Reuse::Park { seg, ino, pool }) => pool.parked.put(owner, Parked { seg, ino, map: self.map.take(), bells: Some((bells, server)) }),
-            Some(Reuse::Keep { peer, ino, pool }) => pool.kept.put(owner, Kept { peer, ino, map: self.map.take(), bells: Some(bells) }),
+            Some(Reuse::Park { seg, ino, pool }) => pool.parked.put(owner, Parked { seg, ino, map: self.map.take(), bells, server }),
+            Some(Reuse::Keep { peer, ino, pool }) => pool.kept.put(owner, Kept { peer, ino, map: self.map.take(), bells }),
             None => drop(bells),
         }
     }
@@ -792,12 +792,13 @@ impl Default for Pool {
 const KEEP_MAX: usize = 8;
 
 /// A client's parked segment, with our ends of its doorbells and the pid of the
-/// server that holds the other ends (if the connection's were kept).
+/// server that holds the other ends (if it kept them).
 struct Parked {
     seg: Fd,
     ino: u64,
     map: Mapping,
-    bells: Option<(Bells, u32)>,
+    bells: Bells,
+    server: u32,
 }
 
 /// One side's doorbell ends: its own pipe's read end, the peer's pipe's write end; and
@@ -845,7 +846,7 @@ struct Kept {
     peer: u32,
     ino: u64,
     map: Mapping,
-    bells: Option<Bells>,
+    bells: Bells,
 }
 
 /// A few entries kept by this process for a later connection, the oldest evicted first.
@@ -1022,7 +1023,7 @@ impl Fabric for Shm {
         let pid = sys::getpid();
         let released = |p: &Parked| p.map.len() == len as usize && p.hdr().sides[SERVER].flags.load(Ordering::Acquire) & layout::side::RELEASED != 0;
         let (seg, seg_ino, map, bells) = match self.pool.parked.take(pid, released) {
-            Some(p) => (p.seg, p.ino, p.map, p.bells),
+            Some(p) => (p.seg, p.ino, p.map, Some((p.bells, p.server))),
             None => {
                 let seg = hide_fd(sys::sealed_memfd("rdmasock", len)?);
                 let map = Mapping::shared(seg.as_raw_fd(), len as usize)?;
@@ -1110,7 +1111,7 @@ fn claim_offer(rec: &layout::OfferRepr, sock: RawFd, pool: &Arc<Pool>) -> Result
     let len = layout::segment_len(rec.ring_size);
     let ours = |k: &Kept| k.peer == rec.pid && k.ino == rec.seg_ino && k.map.len() == len as usize;
     let (map, kept_bells) = match pool.kept.take(sys::getpid(), ours) {
-        Some(k) => (k.map, k.bells),
+        Some(k) => (k.map, Some(k.bells)),
         None => (sys::map_peer_sealed(rec.pid, rec.seg_fd, rec.seg_ino, len).map_err(fail)?, None),
     };
     // SAFETY: the mapping is at least a header long (checked size).
@@ -1202,6 +1203,14 @@ unsafe fn reset_header(h: *mut SegHeader, nonce: u64, ring: u64, pid: u32, cpu: 
 mod tests {
     use super::*;
 
+    /// A registry of its own, the fabric on it, and a loopback listener.
+    fn setup() -> (String, Arc<Registry>, Shm, std::net::TcpListener) {
+        let dir = format!("/tmp/rdmasock-shmtest-{}-{:x}", sys::getpid(), sys::random_u64());
+        let reg = Arc::new(Registry::open(&dir).unwrap());
+        let shm = Shm::new(reg.clone(), 64 << 10);
+        (dir, reg, shm, std::net::TcpListener::bind("127.0.0.1:0").unwrap())
+    }
+
     fn exchange(client: &dyn Stream, server: &dyn Stream, what: &str) {
         let mut buf = [0u8; 64];
         assert_eq!(client.enqueue(&[IoSlice::new(what.as_bytes())]).unwrap(), what.len());
@@ -1219,10 +1228,7 @@ mod tests {
     /// record of the same segment (an older nonce) claims nothing.
     #[test]
     fn segments_and_mappings_are_used_again() {
-        let dir = format!("/tmp/rdmasock-shmtest-{}-{:x}", sys::getpid(), sys::random_u64());
-        let reg = Arc::new(Registry::open(&dir).unwrap());
-        let shm = Shm::new(reg.clone(), 64 << 10);
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let (dir, reg, shm, l) = setup();
         let mut first: Option<layout::OfferRepr> = None;
         for round in 0..3 {
             let c = std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
@@ -1262,10 +1268,7 @@ mod tests {
     /// server that no longer has the kept ends refuses at once.
     #[test]
     fn doorbells_are_used_again() {
-        let dir = format!("/tmp/rdmasock-shmtest-{}-{:x}", sys::getpid(), sys::random_u64());
-        let reg = Arc::new(Registry::open(&dir).unwrap());
-        let shm = Shm::new(reg.clone(), 64 << 10);
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let (dir, reg, shm, l) = setup();
         let port = l.local_addr().unwrap().port();
         let me = ListenerRepr { addr: [0; 16], port, flags: 0, pid: sys::getpid(), mbox_fd: -1, mbox_ino: 0 };
         let held = reg.register_listener(&me).unwrap();
