@@ -1,6 +1,6 @@
 /* Process and signal semantics on one TCP connection, printed as observations; run
  * plain and under the shim, the transcripts must be identical.
- *   procsem CASE     (signals | sockopts | dups | spawn | vfork)
+ *   procsem CASE     (signals | sockopts | dups | spawn | vfork | clone | timeouts)
  * Client and server live in this one process (listen, connect, accept). */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
@@ -144,6 +144,67 @@ static void vforked(void) {
 	printf("server got \"%s\" then %zd\n", b, n);
 }
 
+/* A connection whose sockets got SO_RCVTIMEO before it existed: on the listener before
+ * accept (as Linux: the accepted socket starts with the listener's options) and on the
+ * client before connect; and one whose timeout is set through a dup of its fd. */
+static void timeouts(void) {
+	struct sockaddr_in a = { .sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
+	socklen_t len = sizeof a;
+	struct timeval tv = { 0, 50 * 1000 };
+	char b[8];
+	int l = socket(AF_INET, SOCK_STREAM, 0);
+	if (l < 0 || setsockopt(l, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv) || bind(l, (void *)&a, sizeof a) ||
+	    listen(l, 8) || getsockname(l, (void *)&a, &len))
+		die("listen");
+	int c = socket(AF_INET, SOCK_STREAM, 0);
+	if (c < 0 || setsockopt(c, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv) || connect(c, (void *)&a, sizeof a))
+		die("connect");
+	int s = accept(l, NULL, NULL);
+	if (s < 0) die("accept");
+	ssize_t r = recv(s, b, sizeof b, 0);
+	printf("accepted from a listener with SO_RCVTIMEO: recv -> %zd %s\n", r, err(r));
+	r = recv(c, b, sizeof b, 0);
+	printf("client with SO_RCVTIMEO set before connect: recv -> %zd %s\n", r, err(r));
+	int c2 = socket(AF_INET, SOCK_STREAM, 0);
+	if (c2 < 0 || connect(c2, (void *)&a, sizeof a)) die("connect");
+	int s2 = accept(l, NULL, NULL);
+	int d = dup(c2);
+	if (s2 < 0 || d < 0 || setsockopt(d, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv)) die("dup");
+	r = recv(c2, b, sizeof b, 0);
+	printf("SO_RCVTIMEO set through a dup: recv on the original -> %zd %s\n", r, err(r));
+	r = send(c, "x", 1, 0) + send(s2, "y", 1, 0);
+	printf("sends -> %zd; recv -> %zd", r, recv(s, b, 1, 0));
+	printf(", %zd\n", recv(d, b, 1, 0));
+}
+
+static char clone_stack[1 << 16] __attribute__((aligned(16)));
+
+/* A child sharing our memory (not our fd table) closes its copy of the connection and
+ * dup2s another over it: the parent's connection must not notice. */
+static int clone_child(void *arg) {
+	(void)arg;
+	int fd = dup(cli);
+	dup2(fd, cli);
+	close(fd);
+	close(cli);
+	return 0;
+}
+
+static void cloned(void) {
+	char b[64] = { 0 };
+	int st;
+	pid_t pid = clone(clone_child, clone_stack + sizeof clone_stack, CLONE_VM | SIGCHLD, NULL);
+	if (pid < 0) die("clone");
+	waitpid(pid, &st, 0);
+	printf("clone child exit %d\n", WEXITSTATUS(st));
+	if (send(cli, "after the clone", 15, 0) != 15) die("send");
+	close(cli);
+	size_t got = 0;
+	ssize_t n;
+	while ((n = recv(srv, b + got, sizeof b - 1 - got, 0)) > 0) got += n;
+	printf("server got \"%s\" then %zd\n", b, n);
+}
+
 int main(int argc, char **argv) {
 	if (argc != 2) return 2;
 	setvbuf(stdout, NULL, _IOLBF, 0);
@@ -153,6 +214,8 @@ int main(int argc, char **argv) {
 	else if (!strcmp(argv[1], "dups")) dups();
 	else if (!strcmp(argv[1], "spawn")) spawn();
 	else if (!strcmp(argv[1], "vfork")) vforked();
+	else if (!strcmp(argv[1], "clone")) cloned();
+	else if (!strcmp(argv[1], "timeouts")) timeouts();
 	else return 2;
 	return 0;
 }

@@ -177,6 +177,19 @@ fn vfork_child_writes_to_an_inherited_socket() {
     compare_c("vfork");
 }
 
+/// Timeouts set before the connection existed (on the listener, on the client before
+/// connect) or through a dup bound the fabric's waits as they bound TCP's.
+#[test]
+fn timeouts_set_before_the_connection_or_through_a_dup() {
+    compare_c("timeouts");
+}
+
+/// A clone(CLONE_VM) child runs in our memory: its closes and dup2s are its own.
+#[test]
+fn clone_vm_child_leaves_the_parents_connection_alone() {
+    compare_c("clone");
+}
+
 /// Connections that follow each other between two processes end as on Linux (EOF to a
 /// sleeping reader, on either side, and after the server is killed), although under the
 /// shim no doorbell hangs up when one ends in order (docs/protocol.md §1.4).

@@ -7,7 +7,7 @@
 use crate::hooks::real;
 use crate::sock::{log_decision, Conn, Entry, Listener, Need, Undecided};
 use crate::state;
-use crate::table::{self, DATA, INTERNAL, TRACKED};
+use crate::table::{self, DATA, INTERNAL, PLAIN, TRACKED};
 use libc::{c_int, c_uint, c_ulong, c_void, iovec, loff_t, mmsghdr, msghdr, off64_t, off_t, size_t, sockaddr, socklen_t, ssize_t};
 use rdmasock_transport::addr::SockAddr;
 use rdmasock_transport::conn::{wait_stream, WaitEnd};
@@ -768,7 +768,8 @@ fn is_local(dst: &SockAddr) -> bool {
 /// SOCK_STREAM of AF_INET or AF_INET6 (MPTCP and SCTP streams have their own numbers,
 /// and stay untouched). One system call on every connect and listen.
 fn is_inet_stream(fd: c_int) -> bool {
-    matches!(sys::getsockopt::<c_int>(fd, libc::SOL_SOCKET, libc::SO_PROTOCOL), Ok(libc::IPPROTO_TCP))
+    // A plain socket is one we saw made as TCP.
+    PLAIN.get(fd) || matches!(sys::getsockopt::<c_int>(fd, libc::SOL_SOCKET, libc::SO_PROTOCOL), Ok(libc::IPPROTO_TCP))
 }
 
 fn listener_matches(l: &ListenerRepr, dst: &SockAddr) -> bool {
@@ -841,7 +842,7 @@ pub unsafe fn connect(fd: c_int, addr: *const sockaddr, len: socklen_t) -> c_int
         let e = errno();
         if r == 0 || e == libc::EINPROGRESS {
             let local = sys::getsockname(fd).ok();
-            table::insert(fd, Entry::Conn(Arc::new(Conn::pending(fd, local, Some(dst), offer))));
+            table::insert(fd, Entry::Conn(Arc::new(Conn::pending(fd, local, Some(dst), offer, to.copied(), r == 0))));
             crate::log_at!(LogLevel::Debug, "connect fd={fd} peer={dst}: offer posted");
             if r == 0 { Ok(0) } else { Err(e) }
         } else {
@@ -851,11 +852,29 @@ pub unsafe fn connect(fd: c_int, addr: *const sockaddr, len: socklen_t) -> c_int
     })
 }
 
-unsafe fn on_accept(lfd: c_int, fd: c_int, flags: c_int) {
-    if fd < 0 || state::off() {
+/// The peer address accept wrote for the caller, if it wrote all of it (`cap`: the
+/// buffer's length before the call): the kernel's own answer, which saves asking again.
+unsafe fn accepted_peer(addr: *mut sockaddr, len: *mut socklen_t, cap: socklen_t) -> Option<SockAddr> {
+    if addr.is_null() || len.is_null() || *len > cap {
+        return None;
+    }
+    SockAddr::from_ptr(addr, *len as usize)
+}
+
+unsafe fn on_accept(lfd: c_int, fd: c_int, flags: c_int, peer: Option<SockAddr>) {
+    if fd < 0 {
         return;
     }
-    let (Ok(local), Ok(peer)) = (sys::getsockname(fd), sys::getpeername(fd)) else { return };
+    // As Linux: an accepted socket starts with its listener's buffer sizes and timeouts.
+    PLAIN.set(fd, PLAIN.get(lfd));
+    if state::off() {
+        return;
+    }
+    let peer = match peer {
+        Some(p) => Ok(p),
+        None => sys::getpeername(fd),
+    };
+    let (Ok(local), Ok(peer)) = (sys::getsockname(fd), peer) else { return };
     let ours = matches!(table::get(lfd), Some(Entry::Listener(_)));
     let (stream, reason) = if !state::upgrades() {
         // A shimmed client may still have offered: answer it now.
@@ -891,10 +910,11 @@ unsafe fn on_accept(lfd: c_int, fd: c_int, flags: c_int) {
 }
 
 pub unsafe fn accept(fd: c_int, addr: *mut sockaddr, len: *mut socklen_t) -> c_int {
+    let cap = if len.is_null() { 0 } else { *len };
     let r = (real().accept)(fd, addr, len);
     if r >= 0 && !reentered() && !state::foreign() {
         boundary(0, || {
-            on_accept(fd, r, 0);
+            on_accept(fd, r, 0, accepted_peer(addr, len, cap));
             Ok(0)
         });
     }
@@ -902,10 +922,11 @@ pub unsafe fn accept(fd: c_int, addr: *mut sockaddr, len: *mut socklen_t) -> c_i
 }
 
 pub unsafe fn accept4(fd: c_int, addr: *mut sockaddr, len: *mut socklen_t, flags: c_int) -> c_int {
+    let cap = if len.is_null() { 0 } else { *len };
     let r = (real().accept4)(fd, addr, len, flags);
     if r >= 0 && !reentered() && !state::foreign() {
         boundary(0, || {
-            on_accept(fd, r, flags);
+            on_accept(fd, r, flags, accepted_peer(addr, len, cap));
             Ok(0)
         });
     }
@@ -936,7 +957,32 @@ pub unsafe fn listen(fd: c_int, backlog: c_int) -> c_int {
 }
 
 pub unsafe fn socket(domain: c_int, ty: c_int, protocol: c_int) -> c_int {
-    (real().socket)(domain, ty, protocol)
+    let r = (real().socket)(domain, ty, protocol);
+    if r >= 0 {
+        let tcp = matches!(domain, libc::AF_INET | libc::AF_INET6)
+            && ty & 0xf == libc::SOCK_STREAM
+            && matches!(protocol, 0 | libc::IPPROTO_TCP);
+        // Only for our own fd table (a vfork child's socket is not the parent's fd).
+        PLAIN.set(r, tcp && !reentered() && !state::foreign());
+    }
+    r
+}
+
+/// Socket options whose values the shim reads: after any of them is set, a socket is
+/// no longer [`PLAIN`].
+fn option_we_read(level: c_int, name: c_int) -> bool {
+    level == libc::SOL_SOCKET
+        && matches!(
+            name,
+            libc::SO_SNDBUF
+                | libc::SO_RCVBUF
+                | libc::SO_SNDBUFFORCE
+                | libc::SO_RCVBUFFORCE
+                | libc::SO_RCVTIMEO
+                | libc::SO_SNDTIMEO
+                | libc::SO_RCVTIMEO_NEW
+                | libc::SO_SNDTIMEO_NEW
+        )
 }
 
 pub unsafe fn bind(fd: c_int, addr: *const sockaddr, len: socklen_t) -> c_int {
@@ -982,6 +1028,9 @@ pub unsafe fn close(fd: c_int) -> c_int {
         set_errno(libc::EBADF);
         return -1;
     }
+    if PLAIN.get(fd) {
+        PLAIN.set(fd, false);
+    }
     if TRACKED.get(fd) && !state::foreign() {
         let e = table::remove(fd);
         let r = (real().close)(fd);
@@ -1005,6 +1054,9 @@ pub unsafe fn close_range(first: c_uint, last: c_uint, flags: c_int) -> c_int {
     for fd in TRACKED.set_in(first, last) {
         dropped.push(table::remove(fd));
     }
+    for fd in PLAIN.set_in(first, last) {
+        PLAIN.set(fd, false);
+    }
     // Close around the shim's own fds.
     let mut from = first as u64;
     let mut r = 0;
@@ -1025,6 +1077,12 @@ pub unsafe fn close_range(first: c_uint, last: c_uint, flags: c_int) -> c_int {
 }
 
 fn dup_track(old: c_int, new: c_int) {
+    // Options belong to the socket, not to an fd: once two fds name it, a setsockopt
+    // through one would leave the other's bit set. Forget both.
+    if new >= 0 && (PLAIN.get(old) || PLAIN.get(new)) {
+        PLAIN.set(old, false);
+        PLAIN.set(new, false);
+    }
     if new >= 0 && TRACKED.get(old) && !state::foreign() {
         if let Some(e) = table::get(old) {
             table::insert(new, e);
@@ -1154,6 +1212,9 @@ pub unsafe fn setsockopt(fd: c_int, level: c_int, name: c_int, val: *const c_voi
     // socket; the fabric path reads the timeouts from it when it must block, and the
     // buffer sizes bound the ring (as they bound TCP's bytes in flight).
     let r = (real().setsockopt)(fd, level, name, val, len);
+    if option_we_read(level, name) && PLAIN.get(fd) {
+        PLAIN.set(fd, false);
+    }
     if r == 0 && level == libc::SOL_SOCKET && DATA.get(fd) && !reentered() {
         // Timeouts (SO_RCVTIMEO/SO_SNDTIMEO, old and new layouts): read again when next
         // needed.
@@ -1176,6 +1237,10 @@ pub unsafe fn setsockopt(fd: c_int, level: c_int, name: c_int, val: *const c_voi
 /// (tcp_wmem/tcp_rmem) and only grows. So a size below the default was asked for, and
 /// half of it is what was asked.
 pub(crate) fn apply_buffers(fd: c_int, s: &dyn Stream) {
+    if PLAIN.get(fd) {
+        // Nobody asked for a size.
+        return;
+    }
     static DEFAULTS: std::sync::OnceLock<(u32, u32)> = std::sync::OnceLock::new();
     let (dw, dr) = *DEFAULTS.get_or_init(|| {
         let mid = |path: &str, d: u32| {

@@ -16,6 +16,7 @@ mod sock;
 mod state;
 mod stdio;
 mod table;
+mod vfork;
 
 use rdmasock_transport::sys;
 
@@ -25,6 +26,7 @@ use rdmasock_transport::sys;
 #[allow(unsafe_code)]
 extern "C" fn init() {
     hooks::real();
+    vfork::resolve();
     state::config();
     state::set_owner();
     sys::set_fd_observer(|fd, open| table::INTERNAL.set(fd, open));
@@ -62,8 +64,10 @@ static FINI: extern "C" fn() = fini;
 
 /// Hold the fd table across fork, so that the child never inherits it half-changed;
 /// before that, every fabric connection learns that its side may be shared by two
-/// processes from now on.
+/// processes from now on, and no socket is plain any more.
 extern "C" fn fork_prepare() {
+    // Both processes may now set options on every socket, each unseen by the other.
+    table::PLAIN.clear_all();
     for (_, e) in table::all() {
         if let sock::Entry::Conn(c) = e {
             c.before_fork();

@@ -13,6 +13,7 @@ use parking_lot::Mutex;
 use rdmasock_transport::addr::SockAddr;
 use rdmasock_transport::config::LogLevel;
 use rdmasock_transport::fabric::{Offer, Reason, Stream};
+use rdmasock_transport::layout::ListenerRepr;
 use rdmasock_transport::registry::Held;
 use rdmasock_transport::stats::{SlotId, PATH_SHM, PATH_TCP, ROLE_CLIENT};
 use rdmasock_transport::sys;
@@ -59,6 +60,12 @@ impl Drop for Listener {
 struct Pending {
     offer: Box<dyn Offer>,
     deadline_ns: u64,
+    /// The connect call returned 0: the kernel connection was established then (it can
+    /// only have moved on to closing since), so its state need not be asked.
+    established: bool,
+    /// The listener whose mailbox holds the offer (None: an offer file, for any of a
+    /// group): checked alive once the claim is slow to come.
+    to: Option<ListenerRepr>,
 }
 
 pub struct Conn {
@@ -88,8 +95,10 @@ struct Cache {
 }
 
 impl Cache {
-    fn new() -> Cache {
-        Cache { shared: AtomicBool::new(false), nonblock: AtomicU8::new(0), timeo: [AtomicU64::new(u64::MAX), AtomicU64::new(u64::MAX)] }
+    /// For the socket at `fd`: a plain one (`table::PLAIN`) has no timeouts.
+    fn new(fd: i32) -> Cache {
+        let t = if crate::table::PLAIN.get(fd) { 0 } else { u64::MAX };
+        Cache { shared: AtomicBool::new(false), nonblock: AtomicU8::new(0), timeo: [AtomicU64::new(t), AtomicU64::new(t)] }
     }
 }
 
@@ -117,6 +126,8 @@ enum Heard {
     Refused,
     /// The kernel connection failed or is gone.
     KernelClosed,
+    /// The listener we offered to is gone (whoever accepts now cannot see the offer).
+    ListenerGone,
     /// Bytes, a FIN or a reset from the server on the kernel socket.
     KernelData,
     Nothing,
@@ -124,7 +135,7 @@ enum Heard {
 
 /// Wait until `until` (a monotonic time; now or earlier: look once) for the offer's
 /// answer or for the kernel socket to hear from the server.
-fn hear(fd: i32, offer: &dyn Offer, until: u64) -> Heard {
+fn hear(fd: i32, offer: &dyn Offer, to: Option<&ListenerRepr>, until: u64) -> Heard {
     // A shim server claims inside accept, tens of microseconds after the connect. Give
     // it our CPU if it is runnable here, or watch the state word if it runs elsewhere,
     // within the spin budget, before sleeping on the doorbell: waking this thread would
@@ -144,6 +155,17 @@ fn hear(fd: i32, offer: &dyn Offer, until: u64) -> Heard {
             return if answer == Some(true) { Heard::Claimed } else { Heard::Refused };
         }
     }
+    // Slow to come: is the listener we offered to still there? (A cached listener is not
+    // checked at connect; its death moves no stamp, and a new listener on its port would
+    // never see our offer.)
+    if let (Some(l), Some(reg)) = (to, state::registry()) {
+        if until > sys::now_ns() && !reg.listener_alive(l) {
+            return Heard::ListenerGone;
+        }
+    }
+    // From here we may sleep on the doorbell: the server rings it only once armed (the
+    // loop reads the decision again first).
+    offer.arm();
     loop {
         match offer.decision(std::time::Duration::ZERO) {
             Some(true) => return Heard::Claimed,
@@ -195,24 +217,30 @@ impl Conn {
     pub fn decided(role: u8, fd: i32, local: Option<SockAddr>, peer: Option<SockAddr>, stream: Option<Arc<dyn Stream>>, reason: Reason) -> Conn {
         let path = if stream.is_some() { PATH_SHM } else { PATH_TCP };
         let slot = state::stats().and_then(|t| t.alloc(fd, role, path, reason, local, peer));
-        let c = Conn { local, peer, slot, pending: Mutex::new(None), decided: OnceLock::new(), send_lock: Mutex::new(()), cache: Cache::new() };
+        let c = Conn { local, peer, slot, pending: Mutex::new(None), decided: OnceLock::new(), send_lock: Mutex::new(()), cache: Cache::new(fd) };
         let _ = c.decided.set(stream);
         c
     }
 
-    pub fn pending(fd: i32, local: Option<SockAddr>, peer: Option<SockAddr>, offer: Box<dyn Offer>) -> Conn {
+    /// A client whose connect call returned `connected` (0: true; EINPROGRESS: false),
+    /// having offered into the mailbox of listener `to` (or as a file).
+    pub fn pending(fd: i32, local: Option<SockAddr>, peer: Option<SockAddr>, offer: Box<dyn Offer>, to: Option<ListenerRepr>, connected: bool) -> Conn {
         let slot = state::stats().and_then(|t| t.alloc(fd, ROLE_CLIENT, rdmasock_transport::stats::PATH_PENDING, Reason::None, local, peer));
         let deadline_ns = sys::now_ns() + state::config().claim_timeout.as_nanos() as u64;
-        Conn {
-
+        let c = Conn {
             local,
             peer,
             slot,
-            pending: Mutex::new(Some(Pending { offer, deadline_ns })),
+            pending: Mutex::new(Some(Pending { offer, deadline_ns, established: connected, to })),
             decided: OnceLock::new(),
             send_lock: Mutex::new(()),
-            cache: Cache::new(),
-        }
+            cache: Cache::new(fd),
+        };
+        // As Linux: a TCP connect on a non-blocking socket returns EINPROGRESS (even on
+        // loopback, whose handshake completes within the call), and one on a blocking
+        // socket waits for the outcome: the mode is known without F_GETFL.
+        c.note_nonblocking(!connected);
+        c
     }
 
     /// The stream of a connection decided for the fabric (what `imp::managed` hands out).
@@ -290,7 +318,8 @@ impl Conn {
         if let Some(d) = self.decided.get() {
             return Ok(d.clone());
         }
-        let kernel = tcp_state(fd);
+        let established = p.as_ref().is_some_and(|p| p.established);
+        let kernel = if established { Some(TCP_ESTABLISHED) } else { tcp_state(fd) };
         if matches!(kernel, Some(TCP_SYN_SENT) | Some(TCP_SYN_RECV)) {
             if need != Need::Wait {
                 return Err(Undecided::Connecting);
@@ -312,7 +341,7 @@ impl Conn {
             Need::Soon => now.saturating_add(SOON_NS).min(pend.deadline_ns),
             Need::Wait => pend.deadline_ns,
         };
-        let heard = if matches!(kernel, Some(TCP_CLOSE) | None) { Heard::KernelClosed } else { hear(fd, &*pend.offer, until) };
+        let heard = if matches!(kernel, Some(TCP_CLOSE) | None) { Heard::KernelClosed } else { hear(fd, &*pend.offer, pend.to.as_ref(), until) };
         if heard == Heard::Nothing && need == Need::Peek && sys::now_ns() < pend.deadline_ns {
             return Err(Undecided::Offered);
         }
@@ -327,6 +356,7 @@ impl Conn {
                 (false, Reason::Refused)
             }
             Heard::KernelClosed => unless_claimed(Reason::ConnectFailed),
+            Heard::ListenerGone => unless_claimed(Reason::NoShimListener),
             Heard::KernelData => unless_claimed(Reason::ServerSentFirst),
             Heard::Nothing if sys::now_ns() >= pend.deadline_ns => unless_claimed(Reason::ClaimTimeout),
             Heard::Nothing => unless_claimed(Reason::NotAccepted),
@@ -353,7 +383,12 @@ impl Conn {
     /// While the offer is unanswered: the doorbell the server rings when it decides, and
     /// the deadline after which the client decides alone.
     pub fn pending_bell(&self) -> Option<(i32, u64)> {
-        self.pending.lock().as_ref().map(|p| (p.offer.doorbell(), p.deadline_ns))
+        self.pending.lock().as_ref().map(|p| {
+            p.offer.arm();
+            // Decided before the arming, which then rang nothing: look again at once.
+            let decided = p.offer.decision(std::time::Duration::ZERO).is_some();
+            (p.offer.doorbell(), if decided { sys::now_ns() } else { p.deadline_ns })
+        })
     }
 
     pub fn count_in(&self, n: usize) {
@@ -381,6 +416,7 @@ impl Drop for Conn {
 }
 
 /// tcp_info.tcpi_state values (include/net/tcp_states.h).
+const TCP_ESTABLISHED: u8 = 1;
 const TCP_SYN_SENT: u8 = 2;
 const TCP_SYN_RECV: u8 = 3;
 const TCP_CLOSE: u8 = 7;

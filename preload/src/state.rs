@@ -24,12 +24,15 @@ static POLICY: OnceLock<SpinPolicy> = OnceLock::new();
 static OWNER: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
 
 pub fn set_owner() {
-    OWNER.store(sys::getpid(), std::sync::atomic::Ordering::Relaxed);
+    let pid = sys::getpid();
+    OWNER.store(pid, std::sync::atomic::Ordering::Relaxed);
+    sys::note_pid(pid);
 }
 
-/// Are we a vfork child borrowing our parent's memory? (one getpid system call)
+/// Are we a vfork (or clone) child borrowing our parent's memory? One getpid system
+/// call, once the process has made such a child through our symbols (crate::vfork).
 pub fn foreign() -> bool {
-    sys::getpid() != OWNER.load(std::sync::atomic::Ordering::Relaxed)
+    crate::vfork::borrowed() && sys::getpid() != OWNER.load(std::sync::atomic::Ordering::Relaxed)
 }
 
 pub fn config() -> &'static Config {

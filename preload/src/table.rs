@@ -9,6 +9,10 @@
 //! * `TRACKED`: close/dup on this fd need the shim (the fd has an entry).
 //! * `INTERNAL`: the shim's own fd (a doorbell, a segment, a lock); the application
 //!   cannot close it by accident.
+//! * `PLAIN`: a TCP socket this process made (socket(2), or accept on a plain
+//!   listener) whose buffer sizes and timeouts nobody set: they are Linux's defaults,
+//!   known without a getsockopt. Cleared by any hook that sets one of them, closes or
+//!   duplicates the fd, and for every fd at fork (another process could then set them).
 //!
 //! Lock order: TABLE before any connection lock; never the reverse.
 
@@ -41,6 +45,14 @@ impl Bitmap {
             self.0[fd / 64].fetch_and(!(1 << (fd % 64)), Ordering::Relaxed);
         }
     }
+    /// Clear every bit.
+    pub fn clear_all(&self) {
+        for w in &self.0 {
+            if w.load(Ordering::Relaxed) != 0 {
+                w.store(0, Ordering::Relaxed);
+            }
+        }
+    }
     /// Set bits in `first..=last` (clamped), ascending.
     pub fn set_in(&self, first: u32, last: u32) -> Vec<i32> {
         let last = (last as usize).min(MAX_FDS - 1);
@@ -64,6 +76,7 @@ impl Bitmap {
 pub static DATA: Bitmap = Bitmap::new();
 pub static TRACKED: Bitmap = Bitmap::new();
 pub static INTERNAL: Bitmap = Bitmap::new();
+pub static PLAIN: Bitmap = Bitmap::new();
 
 pub static TABLE: RwLock<Vec<Option<Entry>>> = RwLock::new(Vec::new());
 

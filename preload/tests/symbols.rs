@@ -5,12 +5,14 @@ use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::process::Command;
 
-/// The names declared inside `hooks! { ... }`.
+/// The names declared inside `hooks! { ... }`, and the jump hooks of vfork.rs.
 fn declared() -> BTreeSet<String> {
     let src = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/src/hooks.rs")).unwrap();
     let body = src.split("hooks! {").nth(1).expect("hooks! invocation").split("\n}\n").next().unwrap();
+    let jumps = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/src/vfork.rs")).unwrap();
     body.lines()
         .filter_map(|l| l.trim().strip_prefix("fn "))
+        .chain(jumps.lines().filter_map(|l| l.trim().strip_prefix("pub unsafe extern \"C\" fn ")))
         .map(|l| l.split('(').next().unwrap().trim().to_string())
         .collect()
 }

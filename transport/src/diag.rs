@@ -152,7 +152,7 @@ impl NlCache {
             let fd = nl_socket()?;
             return f(1, fd.as_raw_fd());
         };
-        let pid = crate::sys::getpid();
+        let pid = crate::sys::pid();
         if !matches!(g.as_ref(), Some((owner, _, _)) if *owner == pid) {
             // A forked child closes its copy of the parent's socket.
             *g = None;

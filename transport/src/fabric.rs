@@ -223,8 +223,13 @@ pub trait Offer: Send + Sync {
     fn withdraw(&self) -> bool;
     /// The stream of a claimed offer; the offer's registry record is removed.
     fn into_stream(self: Box<Self>) -> Arc<dyn Stream>;
-    /// Readable when the server's shim has decided (for poll while undecided).
+    /// Readable when the server's shim has decided (for poll while undecided), once
+    /// [`arm`](Self::arm)ed.
     fn doorbell(&self) -> RawFd;
+    /// From now on the server rings the doorbell when it decides. A caller about to
+    /// sleep on the doorbell arms it, then reads [`decision`](Self::decision) again: a
+    /// decision made before the arming rings nothing.
+    fn arm(&self) {}
 }
 
 /// A fabric.

@@ -37,6 +37,11 @@ pub mod wait {
     pub const DATA: u32 = 1;
     /// Waiting for its transmit ring to gain space.
     pub const SPACE: u32 = 2;
+    /// (Client, before the claim) waiting for the server's answer to its offer: the
+    /// server rings the client's doorbell after its claim only if this is set. Set once
+    /// (a waiter in poll or epoll may arm it and stay asleep), cleared by the client
+    /// when it takes the stream.
+    pub const CLAIM: u32 = 4;
 }
 
 /// Bits of [`ProducerLine::flags`].

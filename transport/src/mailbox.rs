@@ -108,7 +108,7 @@ impl Mailbox {
     /// Free our slot (the offer is decided, or dropped).
     pub fn remove(&self, slot: usize, inode: u64) {
         let s = self.slot(slot % MBOX_SLOTS);
-        if s.owner.load(Ordering::Relaxed) != sys::getpid() || s.inode.load(Ordering::Relaxed) != inode {
+        if s.owner.load(Ordering::Relaxed) != sys::pid() || s.inode.load(Ordering::Relaxed) != inode {
             return;
         }
         let w = s.seq.load(Ordering::Relaxed) | 1;

@@ -689,7 +689,7 @@ impl Drop for ShmStream {
             // mapping is not an access: it is next touched only after a new claim.
             self.me().flags.fetch_or(layout::side::RELEASED, Ordering::Release);
         }
-        let owner = sys::getpid();
+        let owner = sys::pid();
         let bells = Bells { rx, tx, ino: self.bell_ino };
         match reuse {
             Some(Reuse::Park { seg, ino, pool }) => pool.parked.put(owner, Parked { seg, ino, map: self.map.take(), bells, server }),
@@ -910,11 +910,20 @@ struct ShmOffer {
 }
 
 impl ShmOffer {
-    fn state(&self) -> &AtomicU32 {
+    fn hdr(&self) -> &SegHeader {
         let m = self.map.lock();
         let p = m.as_ref().map(|m| m.as_ptr()).expect("mapping present until into_stream");
-        // SAFETY: the header lives at the start of the mapping, which lives in self.
-        unsafe { &(*(p as *const SegHeader)).state }
+        // SAFETY: the header lives at the start of the mapping, which lives in self
+        // (taken only by into_stream, which consumes self).
+        unsafe { &*(p as *const SegHeader) }
+    }
+
+    fn state(&self) -> &AtomicU32 {
+        &self.hdr().state
+    }
+
+    fn client_wait(&self) -> &AtomicU32 {
+        &self.hdr().sides[CLIENT].wait
     }
 
     fn finish(&self) {
@@ -927,12 +936,20 @@ impl ShmOffer {
 
 impl Offer for ShmOffer {
     fn decision(&self, timeout: Duration) -> Option<bool> {
+        let answer = |st: u32| match st {
+            state::CLAIMED => Some(true),
+            state::OFFERED => None,
+            _ => Some(false),
+        };
+        if timeout.is_zero() {
+            // Asked between yields while the server accepts: one load, no clock.
+            return answer(self.state().load(Ordering::Acquire));
+        }
         let deadline = sys::now_ns() + timeout.as_nanos() as u64;
+        self.arm();
         loop {
-            match self.state().load(Ordering::Acquire) {
-                state::CLAIMED => return Some(true),
-                state::OFFERED => {}
-                _ => return Some(false),
+            if let Some(a) = answer(self.state().load(Ordering::Acquire)) {
+                return Some(a);
             }
             let now = sys::now_ns();
             if now >= deadline {
@@ -966,8 +983,16 @@ impl Offer for ShmOffer {
         self.bell_rx.lock().as_ref().map(|f| f.as_raw_fd()).unwrap_or(-1)
     }
 
+    fn arm(&self) {
+        self.client_wait().fetch_or(wait::CLAIM, Ordering::SeqCst);
+        // Pairs with the server's fence between its claim and its look at this word.
+        fence(Ordering::SeqCst);
+    }
+
     fn into_stream(self: Box<Self>) -> Arc<dyn Stream> {
         let this = self;
+        // Nobody rings for the claim any more; the bit would read as a waiting client.
+        this.client_wait().fetch_and(!wait::CLAIM, Ordering::Relaxed);
         this.finish();
         let map = this.map.lock().take().expect("mapping present");
         let rx = this.bell_rx.lock().take().expect("bell present");
@@ -1020,7 +1045,7 @@ impl Fabric for Shm {
         let sock_inode = sys::fstat(sock)?.st_ino;
         let sock = crate::wait::hidden_dup(sock)?;
         let len = layout::segment_len(self.ring);
-        let pid = sys::getpid();
+        let pid = sys::pid();
         let released = |p: &Parked| p.map.len() == len as usize && p.hdr().sides[SERVER].flags.load(Ordering::Acquire) & layout::side::RELEASED != 0;
         let (seg, seg_ino, map, bells) = match self.pool.parked.take(pid, released) {
             Some(p) => (p.seg, p.ino, p.map, Some((p.bells, p.server))),
@@ -1110,7 +1135,7 @@ fn claim_offer(rec: &layout::OfferRepr, sock: RawFd, pool: &Arc<Pool>) -> Result
     // The seals make the size permanent, so no access can ever fault (SIGBUS).
     let len = layout::segment_len(rec.ring_size);
     let ours = |k: &Kept| k.peer == rec.pid && k.ino == rec.seg_ino && k.map.len() == len as usize;
-    let (map, kept_bells) = match pool.kept.take(sys::getpid(), ours) {
+    let (map, kept_bells) = match pool.kept.take(sys::pid(), ours) {
         Some(k) => (k.map, Some(k.bells)),
         None => (sys::map_peer_sealed(rec.pid, rec.seg_fd, rec.seg_ino, len).map_err(fail)?, None),
     };
@@ -1145,8 +1170,11 @@ fn claim_offer(rec: &layout::OfferRepr, sock: RawFd, pool: &Arc<Pool>) -> Result
     let bell_ino = (rec.client_bell_ino, rec.server_bell_ino);
     let bells = if rec.client_bell_fd == layout::BELLS_KEPT {
         // The client uses the last connection's doorbells again: we must have kept ours.
+        // Not polled here: the client offered through its ends just now, so a hang-up
+        // means it died since, which the stream's first wait sees (as any death); a byte
+        // left in our pipe costs one spurious wake-up.
         match kept_bells {
-            Some(b) if b.ino == bell_ino && b.ready_again() => b,
+            Some(b) if b.ino == bell_ino => b,
             _ => return Err(refuse(Reason::ClaimFailed)),
         }
     } else {
@@ -1159,8 +1187,15 @@ fn claim_offer(rec: &layout::OfferRepr, sock: RawFd, pool: &Arc<Pool>) -> Result
     if hdr.state.compare_exchange(state::OFFERED, state::CLAIMED, Ordering::AcqRel, Ordering::Acquire).is_err() {
         return Err(Reason::ClaimTimeout);
     }
-    hdr.server_pid.store(sys::getpid(), Ordering::Relaxed);
-    let _ = sys::write(bells.tx.as_raw_fd(), &[1]);
+    hdr.server_pid.store(sys::pid(), Ordering::Relaxed);
+    // Ring only a client that sleeps for the answer (or may: a poll or epoll waiter);
+    // one that spins or yields reads the state word. Dekker with the client's arm: our
+    // claim before our look at its bit, its bit before its look at the state.
+    fence(Ordering::SeqCst);
+    let w = &hdr.sides[CLIENT].wait;
+    if w.load(Ordering::Relaxed) & wait::CLAIM != 0 && w.fetch_and(!wait::CLAIM, Ordering::SeqCst) & wait::CLAIM != 0 {
+        let _ = sys::write(bells.tx.as_raw_fd(), &[1]);
+    }
     let reuse = Reuse::Keep { peer: rec.pid, ino: rec.seg_ino, pool: pool.clone() };
     Ok(Arc::new(ShmStream::new(map, SERVER, rec.ring_size, sock, bells, Some(reuse))))
 }

@@ -365,6 +365,24 @@ pub fn getpid() -> u32 {
     unsafe { libc::getpid() as u32 }
 }
 
+/// This process's id as the preload last noted it (0: not noted, ask the kernel).
+static PID: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+
+/// Note this process's id (the preload does, at start and in every forked child; its
+/// hooks check `getpid() == noted` once on entry, which covers a vfork child borrowing
+/// our memory), so that [`pid`] needs no system call.
+pub fn note_pid(pid: u32) {
+    PID.store(pid, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// This process's id: the noted one, or getpid(2) where none was noted (tests, tools).
+pub fn pid() -> u32 {
+    match PID.load(std::sync::atomic::Ordering::Relaxed) {
+        0 => getpid(),
+        p => p,
+    }
+}
+
 pub fn getuid() -> u32 {
     // SAFETY: always succeeds.
     unsafe { libc::getuid() }
