@@ -527,6 +527,8 @@ unsafe fn leave_passed_fds(msg: &msghdr) {
             let n = (h.cmsg_len as usize).saturating_sub(libc::CMSG_LEN(0) as usize) / std::mem::size_of::<c_int>();
             for i in 0..n {
                 let pfd = std::ptr::read_unaligned(data.add(i));
+                // Another process may set its options now, unseen.
+                PLAIN.set(pfd, false);
                 if DATA.get(pfd) {
                     if let Some(Entry::Conn(conn)) = table::get(pfd) {
                         if let Some(Some(s)) = conn.decided.get() {
@@ -830,6 +832,16 @@ pub unsafe fn connect(fd: c_int, addr: *const sockaddr, len: socklen_t) -> c_int
         }
         // One listener: the offer can go straight into its mailbox. Several (SO_REUSEPORT
         // groups): the kernel picks, so the offer is a file any of them finds.
+        // What connect's answer tells (below) holds only for a socket with none of the
+        // options that change it.
+        let plain = PLAIN.get(fd);
+        // Several listeners (an SO_REUSEPORT group): the kernel picks, and any live one
+        // may look for the offer file; dead ones are dropped now. One: its liveness is
+        // asked only if the claim is slow to come (sock::hear).
+        let listeners: Vec<ListenerRepr> = if listeners.len() > 1 { listeners.into_iter().filter(|l| reg.listener_alive(l)).collect() } else { listeners };
+        if listeners.is_empty() {
+            return fallback(Reason::NoShimListener);
+        }
         let to = if listeners.len() == 1 { listeners.first() } else { None };
         let offer = match fab.offer(fd, to) {
             Ok(o) => o,
@@ -842,7 +854,7 @@ pub unsafe fn connect(fd: c_int, addr: *const sockaddr, len: socklen_t) -> c_int
         let e = errno();
         if r == 0 || e == libc::EINPROGRESS {
             let local = sys::getsockname(fd).ok();
-            table::insert(fd, Entry::Conn(Arc::new(Conn::pending(fd, local, Some(dst), offer, to.copied(), r == 0))));
+            table::insert(fd, Entry::Conn(Arc::new(Conn::pending(fd, local, Some(dst), offer, to.copied(), (r == 0).then_some(true).or(plain.then_some(false))))));
             crate::log_at!(LogLevel::Debug, "connect fd={fd} peer={dst}: offer posted");
             if r == 0 { Ok(0) } else { Err(e) }
         } else {
@@ -861,12 +873,12 @@ unsafe fn accepted_peer(addr: *mut sockaddr, len: *mut socklen_t, cap: socklen_t
     SockAddr::from_ptr(addr, *len as usize)
 }
 
-unsafe fn on_accept(lfd: c_int, fd: c_int, flags: c_int, peer: Option<SockAddr>) {
+unsafe fn on_accept(lfd: c_int, fd: c_int, flags: c_int, peer: Option<SockAddr>, forks: u64) {
     if fd < 0 {
         return;
     }
     // As Linux: an accepted socket starts with its listener's buffer sizes and timeouts.
-    PLAIN.set(fd, PLAIN.get(lfd));
+    table::set_plain(fd, PLAIN.get(lfd), forks);
     if state::off() {
         return;
     }
@@ -911,10 +923,11 @@ unsafe fn on_accept(lfd: c_int, fd: c_int, flags: c_int, peer: Option<SockAddr>)
 
 pub unsafe fn accept(fd: c_int, addr: *mut sockaddr, len: *mut socklen_t) -> c_int {
     let cap = if len.is_null() { 0 } else { *len };
+    let forks = table::forks();
     let r = (real().accept)(fd, addr, len);
     if r >= 0 && !reentered() && !state::foreign() {
         boundary(0, || {
-            on_accept(fd, r, 0, accepted_peer(addr, len, cap));
+            on_accept(fd, r, 0, accepted_peer(addr, len, cap), forks);
             Ok(0)
         });
     }
@@ -923,10 +936,11 @@ pub unsafe fn accept(fd: c_int, addr: *mut sockaddr, len: *mut socklen_t) -> c_i
 
 pub unsafe fn accept4(fd: c_int, addr: *mut sockaddr, len: *mut socklen_t, flags: c_int) -> c_int {
     let cap = if len.is_null() { 0 } else { *len };
+    let forks = table::forks();
     let r = (real().accept4)(fd, addr, len, flags);
     if r >= 0 && !reentered() && !state::foreign() {
         boundary(0, || {
-            on_accept(fd, r, flags, accepted_peer(addr, len, cap));
+            on_accept(fd, r, flags, accepted_peer(addr, len, cap), forks);
             Ok(0)
         });
     }
@@ -957,13 +971,14 @@ pub unsafe fn listen(fd: c_int, backlog: c_int) -> c_int {
 }
 
 pub unsafe fn socket(domain: c_int, ty: c_int, protocol: c_int) -> c_int {
+    let forks = table::forks();
     let r = (real().socket)(domain, ty, protocol);
     if r >= 0 {
         let tcp = matches!(domain, libc::AF_INET | libc::AF_INET6)
             && ty & 0xf == libc::SOCK_STREAM
             && matches!(protocol, 0 | libc::IPPROTO_TCP);
         // Only for our own fd table (a vfork child's socket is not the parent's fd).
-        PLAIN.set(r, tcp && !reentered() && !state::foreign());
+        table::set_plain(r, tcp && !reentered() && !state::foreign(), forks);
     }
     r
 }
@@ -971,7 +986,9 @@ pub unsafe fn socket(domain: c_int, ty: c_int, protocol: c_int) -> c_int {
 /// Socket options whose values the shim reads: after any of them is set, a socket is
 /// no longer [`PLAIN`].
 fn option_we_read(level: c_int, name: c_int) -> bool {
-    level == libc::SOL_SOCKET
+    // TCP_FASTOPEN_CONNECT: connect returns 0 before any SYN, whatever the mode.
+    (level == libc::IPPROTO_TCP && name == libc::TCP_FASTOPEN_CONNECT)
+        || level == libc::SOL_SOCKET
         && matches!(
             name,
             libc::SO_SNDBUF
@@ -1211,10 +1228,10 @@ pub unsafe fn setsockopt(fd: c_int, level: c_int, name: c_int, val: *const c_voi
     // Timeouts, linger, TCP_NODELAY/TCP_CORK and buffer sizes are kept by the kernel
     // socket; the fabric path reads the timeouts from it when it must block, and the
     // buffer sizes bound the ring (as they bound TCP's bytes in flight).
-    let r = (real().setsockopt)(fd, level, name, val, len);
     if option_we_read(level, name) && PLAIN.get(fd) {
         PLAIN.set(fd, false);
     }
+    let r = (real().setsockopt)(fd, level, name, val, len);
     if r == 0 && level == libc::SOL_SOCKET && DATA.get(fd) && !reentered() {
         // Timeouts (SO_RCVTIMEO/SO_SNDTIMEO, old and new layouts): read again when next
         // needed.

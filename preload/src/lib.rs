@@ -66,8 +66,6 @@ static FINI: extern "C" fn() = fini;
 /// before that, every fabric connection learns that its side may be shared by two
 /// processes from now on, and no socket is plain any more.
 extern "C" fn fork_prepare() {
-    // Both processes may now set options on every socket, each unseen by the other.
-    table::PLAIN.clear_all();
     for (_, e) in table::all() {
         if let sock::Entry::Conn(c) = e {
             c.before_fork();
@@ -77,6 +75,8 @@ extern "C" fn fork_prepare() {
         }
     }
     std::mem::forget(table::TABLE.write());
+    // Both processes may now set options on every socket, each unseen by the other.
+    table::fork_begins();
 }
 
 #[allow(unsafe_code)]

@@ -66,6 +66,28 @@ struct Pending {
     /// The listener whose mailbox holds the offer (None: an offer file, for any of a
     /// group): checked alive once the claim is slow to come.
     to: Option<ListenerRepr>,
+    /// When the offer was posted: the check is due a spin budget later, in whatever
+    /// call comes then (a poll waiter wakes for it).
+    posted_ns: u64,
+    /// The check was made (and found the listener alive).
+    checked: AtomicBool,
+}
+
+impl Pending {
+    /// When the listener offered to should be looked at (None: not to be, or done).
+    fn check_due(&self) -> Option<u64> {
+        (self.to.is_some() && !self.checked.load(Ordering::Relaxed)).then(|| self.posted_ns + state::policy().budget.as_nanos() as u64)
+    }
+
+    /// Is the listener offered to gone? Asked once, when due.
+    fn listener_gone(&self) -> bool {
+        let (Some(due), Some(l), Some(reg)) = (self.check_due(), self.to.as_ref(), state::registry()) else { return false };
+        if sys::now_ns() < due {
+            return false;
+        }
+        self.checked.store(true, Ordering::Relaxed);
+        !reg.listener_alive(l)
+    }
 }
 
 pub struct Conn {
@@ -135,7 +157,8 @@ enum Heard {
 
 /// Wait until `until` (a monotonic time; now or earlier: look once) for the offer's
 /// answer or for the kernel socket to hear from the server.
-fn hear(fd: i32, offer: &dyn Offer, to: Option<&ListenerRepr>, until: u64) -> Heard {
+fn hear(fd: i32, pend: &Pending, until: u64) -> Heard {
+    let offer = &*pend.offer;
     // A shim server claims inside accept, tens of microseconds after the connect. Give
     // it our CPU if it is runnable here, or watch the state word if it runs elsewhere,
     // within the spin budget, before sleeping on the doorbell: waking this thread would
@@ -158,10 +181,8 @@ fn hear(fd: i32, offer: &dyn Offer, to: Option<&ListenerRepr>, until: u64) -> He
     // Slow to come: is the listener we offered to still there? (A cached listener is not
     // checked at connect; its death moves no stamp, and a new listener on its port would
     // never see our offer.)
-    if let (Some(l), Some(reg)) = (to, state::registry()) {
-        if until > sys::now_ns() && !reg.listener_alive(l) {
-            return Heard::ListenerGone;
-        }
+    if pend.listener_gone() {
+        return Heard::ListenerGone;
     }
     // From here we may sleep on the doorbell: the server rings it only once armed (the
     // loop reads the decision again first).
@@ -222,24 +243,35 @@ impl Conn {
         c
     }
 
-    /// A client whose connect call returned `connected` (0: true; EINPROGRESS: false),
-    /// having offered into the mailbox of listener `to` (or as a file).
-    pub fn pending(fd: i32, local: Option<SockAddr>, peer: Option<SockAddr>, offer: Box<dyn Offer>, to: Option<ListenerRepr>, connected: bool) -> Conn {
+    /// A client having offered into the mailbox of listener `to` (or as a file), whose
+    /// connect on a plain socket (`table::PLAIN`) returned `connected` (0: true,
+    /// EINPROGRESS: false); None: not known.
+    pub fn pending(fd: i32, local: Option<SockAddr>, peer: Option<SockAddr>, offer: Box<dyn Offer>, to: Option<ListenerRepr>, connected: Option<bool>) -> Conn {
         let slot = state::stats().and_then(|t| t.alloc(fd, ROLE_CLIENT, rdmasock_transport::stats::PATH_PENDING, Reason::None, local, peer));
         let deadline_ns = sys::now_ns() + state::config().claim_timeout.as_nanos() as u64;
         let c = Conn {
             local,
             peer,
             slot,
-            pending: Mutex::new(Some(Pending { offer, deadline_ns, established: connected, to })),
+            pending: Mutex::new(Some(Pending {
+                offer,
+                deadline_ns,
+                established: connected == Some(true),
+                to,
+                posted_ns: sys::now_ns(),
+                checked: AtomicBool::new(false),
+            })),
             decided: OnceLock::new(),
             send_lock: Mutex::new(()),
             cache: Cache::new(fd),
         };
         // As Linux: a TCP connect on a non-blocking socket returns EINPROGRESS (even on
         // loopback, whose handshake completes within the call), and one on a blocking
-        // socket waits for the outcome: the mode is known without F_GETFL.
-        c.note_nonblocking(!connected);
+        // socket without SO_SNDTIMEO waits for the outcome: the mode is known without
+        // F_GETFL.
+        if let Some(done) = connected {
+            c.note_nonblocking(!done);
+        }
         c
     }
 
@@ -341,7 +373,7 @@ impl Conn {
             Need::Soon => now.saturating_add(SOON_NS).min(pend.deadline_ns),
             Need::Wait => pend.deadline_ns,
         };
-        let heard = if matches!(kernel, Some(TCP_CLOSE) | None) { Heard::KernelClosed } else { hear(fd, &*pend.offer, pend.to.as_ref(), until) };
+        let heard = if matches!(kernel, Some(TCP_CLOSE) | None) { Heard::KernelClosed } else { hear(fd, pend, until) };
         if heard == Heard::Nothing && need == Need::Peek && sys::now_ns() < pend.deadline_ns {
             return Err(Undecided::Offered);
         }
@@ -387,7 +419,9 @@ impl Conn {
             p.offer.arm();
             // Decided before the arming, which then rang nothing: look again at once.
             let decided = p.offer.decision(std::time::Duration::ZERO).is_some();
-            (p.offer.doorbell(), if decided { sys::now_ns() } else { p.deadline_ns })
+            // Wake for the listener check too, if it is still to come.
+            let wake = p.check_due().map_or(p.deadline_ns, |d| d.min(p.deadline_ns));
+            (p.offer.doorbell(), if decided { sys::now_ns() } else { wake })
         })
     }
 

@@ -54,6 +54,9 @@ pub unsafe fn fclose(f: *mut FILE) -> c_int {
         return (real().fclose)(f);
     }
     let fd = libc::fileno(f);
+    if fd >= 0 && crate::table::PLAIN.get(fd) {
+        crate::table::PLAIN.set(fd, false);
+    }
     if fd >= 0 && TRACKED.get(fd) {
         let entry = table::remove(fd);
         let r = (real().fclose)(f);

@@ -78,6 +78,32 @@ pub static TRACKED: Bitmap = Bitmap::new();
 pub static INTERNAL: Bitmap = Bitmap::new();
 pub static PLAIN: Bitmap = Bitmap::new();
 
+/// Forks begun (fork_prepare, under the table's write lock). A hook that makes a plain
+/// socket reads it before the system call and sets the bit, under the read lock, only
+/// if no fork began since: a socket made before a fork is shared with the child, and
+/// the fork's clearing of every bit could otherwise come before the hook's setting.
+static FORKS: AtomicU64 = AtomicU64::new(0);
+
+pub fn forks() -> u64 {
+    FORKS.load(Ordering::Acquire)
+}
+
+/// At fork_prepare, holding the write lock: no socket is plain any more.
+pub fn fork_begins() {
+    FORKS.fetch_add(1, Ordering::AcqRel);
+    PLAIN.clear_all();
+}
+
+/// Mark `fd` plain (or not) for a socket made after [`forks`] read `since`.
+pub fn set_plain(fd: i32, plain: bool, since: u64) {
+    if !plain {
+        PLAIN.set(fd, false);
+        return;
+    }
+    let _r = TABLE.read();
+    PLAIN.set(fd, forks() == since);
+}
+
 pub static TABLE: RwLock<Vec<Option<Entry>>> = RwLock::new(Vec::new());
 
 pub fn get(fd: i32) -> Option<Entry> {

@@ -1,6 +1,7 @@
-//! vfork and clone: the calls after which another process may run in our memory and
-//! enter our hooks (a vfork child until it execs or exits; a clone(CLONE_VM) child for
-//! its whole life). Such a child must not write its fd changes into our table.
+//! vfork, clone and _Fork: the calls after which another process may run in our memory,
+//! or in a copy of it that no fork handler told of its new pid, and enter our hooks (a
+//! vfork child until it execs or exits; a clone(CLONE_VM) child for its whole life; a
+//! _Fork child). Such a child must not write its fd changes into our table.
 //!
 //! Hooks that change the table ask [`crate::state::foreign`], which costs a getpid(2)
 //! only once such a call has been made through these symbols: most programs never make
@@ -19,13 +20,14 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 /// Set for good by the first vfork or clone made through our symbols.
 pub static BORROWED: AtomicBool = AtomicBool::new(false);
 
-/// libc's vfork and clone (0 until resolved).
+/// libc's vfork, clone and _Fork (0 until resolved).
 static REAL_VFORK: AtomicUsize = AtomicUsize::new(0);
 static REAL_CLONE: AtomicUsize = AtomicUsize::new(0);
+static REAL_FORK_NO_HANDLERS: AtomicUsize = AtomicUsize::new(0);
 
 /// Resolve libc's definitions (before main, from the library's constructor).
 pub fn resolve() {
-    for (name, slot) in [(c"vfork", &REAL_VFORK), (c"clone", &REAL_CLONE)] {
+    for (name, slot) in [(c"vfork", &REAL_VFORK), (c"clone", &REAL_CLONE), (c"_Fork", &REAL_FORK_NO_HANDLERS)] {
         // SAFETY: a NUL-terminated name; dlsym has no other precondition.
         let p = unsafe { libc::dlsym(libc::RTLD_NEXT, name.as_ptr()) };
         slot.store(p as usize, Ordering::Relaxed);
@@ -81,7 +83,25 @@ pub unsafe extern "C" fn clone() -> libc::c_int {
     )
 }
 
-/// Jumped to if clone is called before our constructor resolved libc's.
+/// As libc's _Fork (a fork that runs no atfork handler, so the child never learns its
+/// new pid from us), after noting that the memory may not be the caller's.
+#[cfg(target_arch = "x86_64")]
+#[unsafe(naked)]
+#[no_mangle]
+pub unsafe extern "C" fn _Fork() -> libc::pid_t {
+    std::arch::naked_asm!(
+        "mov byte ptr [rip + {flag}], 1",
+        "mov rax, qword ptr [rip + {real}]",
+        "test rax, rax",
+        "jz {fallback}",
+        "jmp rax",
+        flag = sym BORROWED,
+        real = sym REAL_FORK_NO_HANDLERS,
+        fallback = sym clone_unresolved,
+    )
+}
+
+/// Jumped to if clone or _Fork is called before our constructor resolved libc's.
 extern "C" fn clone_unresolved() -> libc::c_int {
     // SAFETY: errno is thread-local.
     unsafe { *libc::__errno_location() = libc::ENOSYS };

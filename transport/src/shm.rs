@@ -1194,7 +1194,14 @@ fn claim_offer(rec: &layout::OfferRepr, sock: RawFd, pool: &Arc<Pool>) -> Result
     fence(Ordering::SeqCst);
     let w = &hdr.sides[CLIENT].wait;
     if w.load(Ordering::Relaxed) & wait::CLAIM != 0 && w.fetch_and(!wait::CLAIM, Ordering::SeqCst) & wait::CLAIM != 0 {
-        let _ = sys::write(bells.tx.as_raw_fd(), &[1]);
+        // Kept doorbells were not polled: a client that died since it armed has no
+        // reader left, and a write would raise SIGPIPE here. (Its death reaches the
+        // stream through the hang-up.)
+        let mut p = [libc::pollfd { fd: bells.tx.as_raw_fd(), events: 0, revents: 0 }];
+        let hung = matches!(sys::poll(&mut p, 0), Ok(1)) && p[0].revents & (libc::POLLERR | libc::POLLHUP) != 0;
+        if !hung {
+            let _ = sys::write(bells.tx.as_raw_fd(), &[1]);
+        }
     }
     let reuse = Reuse::Keep { peer: rec.pid, ino: rec.seg_ino, pool: pool.clone() };
     Ok(Arc::new(ShmStream::new(map, SERVER, rec.ring_size, sock, bells, Some(reuse))))

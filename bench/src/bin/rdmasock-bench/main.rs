@@ -97,7 +97,7 @@ impl Durations {
             pp_warmup: 0.05,
             pp_secs: 0.4,
             stream_secs: 0.4,
-            conn_secs: 0.4,
+            conn_secs: 1.0,
             idle_settle: 0.3,
             idle_window: 1.5,
             rss_conns: 1000,
