@@ -48,57 +48,39 @@ extern "C" fn fork_instead() -> libc::pid_t {
     unsafe { libc::fork() }
 }
 
-/// As libc's vfork, after noting that a child may borrow our memory.
-#[cfg(target_arch = "x86_64")]
-#[unsafe(naked)]
-#[no_mangle]
-pub unsafe extern "C" fn vfork() -> libc::pid_t {
-    std::arch::naked_asm!(
-        "mov byte ptr [rip + {flag}], 1",
-        "mov rax, qword ptr [rip + {real}]",
-        "test rax, rax",
-        "jz {fallback}",
-        "jmp rax",
-        flag = sym BORROWED,
-        real = sym REAL_VFORK,
-        fallback = sym fork_instead,
-    )
+/// Each hook: note the call, then jump to libc's definition (`$real`), or to
+/// `$fallback` if it is not resolved yet. Only `rax` is touched, so every argument,
+/// variadic ones included, reaches libc as the caller passed it.
+macro_rules! jump_hooks {
+    ($( $(#[$doc:meta])* fn $name:ident() -> $ret:ty = $real:ident, $fallback:ident; )*) => {$(
+        $(#[$doc])*
+        #[cfg(target_arch = "x86_64")]
+        #[unsafe(naked)]
+        #[no_mangle]
+        pub unsafe extern "C" fn $name() -> $ret {
+            std::arch::naked_asm!(
+                "mov byte ptr [rip + {flag}], 1",
+                "mov rax, qword ptr [rip + {real}]",
+                "test rax, rax",
+                "jz {fallback}",
+                "jmp rax",
+                flag = sym BORROWED,
+                real = sym $real,
+                fallback = sym $fallback,
+            )
+        }
+    )*};
 }
 
-/// As libc's clone (all arguments untouched, variadic ones included), after noting
-/// that a child may share our memory.
-#[cfg(target_arch = "x86_64")]
-#[unsafe(naked)]
-#[no_mangle]
-pub unsafe extern "C" fn clone() -> libc::c_int {
-    std::arch::naked_asm!(
-        "mov byte ptr [rip + {flag}], 1",
-        "mov rax, qword ptr [rip + {real}]",
-        "test rax, rax",
-        "jz {fallback}",
-        "jmp rax",
-        flag = sym BORROWED,
-        real = sym REAL_CLONE,
-        fallback = sym clone_unresolved,
-    )
-}
-
-/// As libc's _Fork (a fork that runs no atfork handler, so the child never learns its
-/// new pid from us), after noting that the memory may not be the caller's.
-#[cfg(target_arch = "x86_64")]
-#[unsafe(naked)]
-#[no_mangle]
-pub unsafe extern "C" fn _Fork() -> libc::pid_t {
-    std::arch::naked_asm!(
-        "mov byte ptr [rip + {flag}], 1",
-        "mov rax, qword ptr [rip + {real}]",
-        "test rax, rax",
-        "jz {fallback}",
-        "jmp rax",
-        flag = sym BORROWED,
-        real = sym REAL_FORK_NO_HANDLERS,
-        fallback = sym clone_unresolved,
-    )
+jump_hooks! {
+    /// As libc's vfork, after noting that a child may borrow our memory.
+    fn vfork() -> libc::pid_t = REAL_VFORK, fork_instead;
+    /// As libc's clone (all arguments untouched), after noting that a child may share
+    /// our memory.
+    fn clone() -> libc::c_int = REAL_CLONE, clone_unresolved;
+    /// As libc's _Fork (a fork that runs no atfork handler, so the child never learns
+    /// its new pid from us), after noting that the memory may not be the caller's.
+    fn _Fork() -> libc::pid_t = REAL_FORK_NO_HANDLERS, clone_unresolved;
 }
 
 /// Jumped to if clone or _Fork is called before our constructor resolved libc's.

@@ -12,7 +12,7 @@ fn declared() -> BTreeSet<String> {
     let jumps = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/src/vfork.rs")).unwrap();
     body.lines()
         .filter_map(|l| l.trim().strip_prefix("fn "))
-        .chain(jumps.lines().filter_map(|l| l.trim().strip_prefix("pub unsafe extern \"C\" fn ")))
+        .chain(jumps.split("jump_hooks! {").nth(1).expect("jump_hooks! invocation").lines().filter_map(|l| l.trim().strip_prefix("fn ")))
         .map(|l| l.split('(').next().unwrap().trim().to_string())
         .collect()
 }
