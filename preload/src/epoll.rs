@@ -8,9 +8,20 @@
 //! 1. reports the shadow entries that are ready (level-triggered, or edge-triggered by
 //!    ring progress, EPOLLONESHOT honoured), together with whatever the kernel set has;
 //! 2. if nothing is ready, announces its interest in every shadow entry (wait bits in
-//!    shared memory) and blocks in the real epoll_wait, in which the connections'
-//!    doorbell pipes are registered edge-triggered under a private tag;
-//! 3. on wake-up, drops the private events and computes readiness again.
+//!    shared memory) and blocks on the set's *waker*: a private epoll fd of the shim's
+//!    (hidden, close-on-exec) holding the application's set (level-triggered) and the
+//!    connections' doorbell pipes (edge-triggered);
+//! 3. on wake-up, drains the waker (doorbell hang-ups tell of peers gone) and computes
+//!    readiness again, the kernel set's with a zero-timeout wait.
+//!
+//! Nothing of the shim's is ever registered in the application's set, so no event, fd or
+//! data word of ours can reach the application, whatever its threads do meanwhile (a
+//! doorbell kept for the next connection between the same two processes outlives the
+//! stream that registered it, and is rung for a connection of another thread's set).
+//! Each registration lives in exactly one place, the shadow list or the kernel set, and
+//! EPOLL_CTL_MOD/DEL go where it lives (a connection that moved back to TCP after it was
+//! registered stays in the shadow list until a wait moves it into the kernel set: either
+//! way the application's DEL finds it).
 //!
 //! A connection whose offer is still unanswered when registered is kept in the shadow
 //! list until decided; if it ends on TCP it moves into the kernel set with its events
@@ -38,10 +49,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
-/// Tag of the set's private registrations (doorbells): a value no canonical user-space
-/// pointer has in its top bits. The low 32 bits hold the doorbell's fd.
-const TAG: u64 = 0xFEED_5EED_0000_0000;
-const TAG_MASK: u64 = 0xFFFF_FFFF_0000_0000;
+/// Data word of the application's set in the waker (doorbells there carry their fd,
+/// which is never negative).
+const KERNEL_SET: u64 = u64::MAX;
 
 /// Bumped whenever a connection becomes pending or fabric: a set whose kernel list
 /// might hold such a socket re-checks it.
@@ -52,8 +62,10 @@ const OUT_BITS: u32 = (libc::EPOLLOUT | libc::EPOLLWRNORM) as u32;
 const ALWAYS: u32 = (libc::EPOLLERR | libc::EPOLLHUP) as u32;
 
 pub struct EpollSet {
-    /// The kernel epoll fd this set was created as (its private registrations go there).
+    /// The kernel epoll fd this set was created as (the application's).
     epfd: c_int,
+    /// The waker (module doc), made the first time a doorbell must be watched.
+    waker: std::sync::OnceLock<Option<Waker>>,
     inner: Mutex<Inner>,
     /// The shadow list is not empty (lets the plain case skip everything).
     has_shadow: AtomicBool,
@@ -65,7 +77,7 @@ struct Inner {
     shadow: Vec<Shadow>,
     /// What the application registered in the kernel set, by fd.
     kernel: HashMap<c_int, (u32, u64)>,
-    /// Doorbells registered in the kernel set, and whose they are.
+    /// Doorbells registered in the waker, and whose they are.
     bells: HashMap<c_int, Weak<dyn Stream>>,
     /// Epoll sets registered in this one (also in the kernel set): (fd, set, events, data).
     nested: Vec<(c_int, Weak<EpollSet>, u32, u64)>,
@@ -96,10 +108,147 @@ struct Scan {
     wake_by_ns: Option<u64>,
 }
 
+/// The private epoll fd a set blocks on.
+struct Waker {
+    fd: sys::Fd,
+    /// The application's set is in it (else, nested too deep for the kernel: poll it
+    /// beside the waker).
+    holds_set: bool,
+}
+
 impl EpollSet {
-    fn ctl_shadow(&self, op: c_int, fd: c_int, c: &Arc<Conn>, ev: Option<&epoll_event>) -> Result<c_int, i32> {
-        let mut g = self.inner.lock();
-        let at = g.shadow.iter().position(|s| s.fd == fd && s.conn.upgrade().is_some_and(|x| Arc::ptr_eq(&x, c)));
+    fn new(epfd: c_int) -> EpollSet {
+        EpollSet { epfd, waker: std::sync::OnceLock::new(), inner: Mutex::default(), has_shadow: AtomicBool::new(false), seen_gen: AtomicU64::new(0) }
+    }
+
+    /// The waker, made on first use (None: no fd could be had; waits then poll the
+    /// doorbells they know of).
+    fn waker(&self) -> Option<&Waker> {
+        self.waker
+            .get_or_init(|| {
+                // SAFETY: plain system calls on fds we own.
+                let fd = unsafe { (real().epoll_create1)(libc::EPOLL_CLOEXEC) };
+                if fd < 0 {
+                    return None;
+                }
+                let fd = rdmasock_transport::wait::hide_fd(sys::owned(fd));
+                let mut ev = epoll_event { events: libc::EPOLLIN as u32, u64: KERNEL_SET };
+                let holds_set = unsafe { (real().epoll_ctl)(fd.raw(), libc::EPOLL_CTL_ADD, self.epfd, &mut ev) } == 0;
+                Some(Waker { fd, holds_set })
+            })
+            .as_ref()
+    }
+
+    /// Watch a doorbell, edge-triggered: a ring wakes the waker whoever reads the byte
+    /// afterwards.
+    fn watch(&self, bell: c_int) {
+        let Some(w) = self.waker() else { return };
+        let mut ev = epoll_event { events: (libc::EPOLLIN | libc::EPOLLET) as u32, u64: bell as u32 as u64 };
+        // SAFETY: plain epoll_ctl on fds we own.
+        if unsafe { (real().epoll_ctl)(w.fd.raw(), libc::EPOLL_CTL_ADD, bell, &mut ev) } != 0 {
+            // Already there (EEXIST): re-arm the edge.
+            unsafe { (real().epoll_ctl)(w.fd.raw(), libc::EPOLL_CTL_MOD, bell, &mut ev) };
+        }
+    }
+
+    fn unwatch(&self, bell: c_int) {
+        if let Some(Some(w)) = self.waker.get() {
+            // SAFETY: as in watch; a number no longer watched answers ENOENT.
+            unsafe { (real().epoll_ctl)(w.fd.raw(), libc::EPOLL_CTL_DEL, bell, std::ptr::null_mut()) };
+        }
+    }
+
+    /// Block until the application's set or a watched doorbell is ready (or `ms`, or a
+    /// signal), then handle what the doorbells said. Err: the errno (EINTR as Linux).
+    fn block(&self, ms: c_int, sigmask: *const sigset_t) -> Result<(), i32> {
+        let mut evs = [epoll_event { events: 0, u64: 0 }; 32];
+        let n = match self.waker() {
+            Some(w) if w.holds_set => {
+                // SAFETY: evs is ours, sigmask the caller's (or null).
+                let n = unsafe {
+                    if sigmask.is_null() {
+                        (real().epoll_wait)(w.fd.raw(), evs.as_mut_ptr(), evs.len() as c_int, ms)
+                    } else {
+                        (real().epoll_pwait)(w.fd.raw(), evs.as_mut_ptr(), evs.len() as c_int, ms, sigmask)
+                    }
+                };
+                if n < 0 {
+                    return Err(crate::imp::errno_now());
+                }
+                n as usize
+            }
+            w => {
+                // The waker (if any) beside the application's set, in one ppoll.
+                let mut p = vec![libc::pollfd { fd: self.epfd, events: libc::POLLIN, revents: 0 }];
+                if let Some(w) = w {
+                    p.push(libc::pollfd { fd: w.fd.raw(), events: libc::POLLIN, revents: 0 });
+                } else {
+                    p.extend(self.inner.lock().bells.keys().map(|&b| libc::pollfd { fd: b, events: libc::POLLIN, revents: 0 }));
+                }
+                let ts = (ms >= 0).then(|| timespec { tv_sec: (ms / 1000) as libc::time_t, tv_nsec: (ms % 1000) as libc::c_long * 1_000_000 });
+                let tsp = ts.as_ref().map_or(std::ptr::null(), |t| t as *const timespec);
+                // SAFETY: p is ours.
+                if unsafe { (real().ppoll)(p.as_mut_ptr(), p.len() as libc::nfds_t, tsp, sigmask) } < 0 {
+                    return Err(crate::imp::errno_now());
+                }
+                if let Some(w) = w {
+                    // SAFETY: evs is ours.
+                    unsafe { (real().epoll_wait)(w.fd.raw(), evs.as_mut_ptr(), evs.len() as c_int, 0) }.max(0) as usize
+                } else {
+                    for q in &p[1..] {
+                        if q.revents != 0 {
+                            self.on_bell(q.fd, q.revents as u32);
+                        }
+                    }
+                    0
+                }
+            }
+        };
+        for e in &evs[..n] {
+            if e.u64 != KERNEL_SET {
+                self.on_bell(e.u64 as u32 as c_int, e.events);
+            }
+        }
+        Ok(())
+    }
+
+    /// Handle the doorbells that rang without blocking (a poll/select waiter woke on the
+    /// waker).
+    pub fn drain_waker(&self) {
+        if let Some(Some(w)) = self.waker.get() {
+            let mut evs = [epoll_event { events: 0, u64: 0 }; 32];
+            loop {
+                // SAFETY: evs is ours.
+                let n = unsafe { (real().epoll_wait)(w.fd.raw(), evs.as_mut_ptr(), evs.len() as c_int, 0) };
+                for e in &evs[..n.max(0) as usize] {
+                    if e.u64 != KERNEL_SET {
+                        self.on_bell(e.u64 as u32 as c_int, e.events);
+                    }
+                }
+                if n < evs.len() as c_int {
+                    break;
+                }
+            }
+        }
+    }
+
+    /// What a poll/select waiter blocks on to learn of this set's fabric entries (and of
+    /// its kernel side): the waker, else the application's set alone.
+    pub fn wake_fd(&self) -> c_int {
+        match self.waker() {
+            Some(w) => w.fd.raw(),
+            None => self.epfd,
+        }
+    }
+
+    /// Where the application's registration of `fd` lives: Some(index) in the shadow
+    /// list. Matched by connection too: a closed fd's number may now name another.
+    fn shadow_at(g: &Inner, fd: c_int, c: Option<&Arc<Conn>>) -> Option<usize> {
+        let c = c?;
+        g.shadow.iter().position(|s| s.fd == fd && s.conn.upgrade().is_some_and(|x| Arc::ptr_eq(&x, c)))
+    }
+
+    fn ctl_shadow(&self, g: &mut Inner, op: c_int, fd: c_int, c: &Arc<Conn>, at: Option<usize>, ev: Option<&epoll_event>) -> Result<c_int, i32> {
         match (op, at, ev) {
             (libc::EPOLL_CTL_ADD, Some(_), _) => Err(libc::EEXIST),
             (libc::EPOLL_CTL_ADD, None, Some(ev)) => {
@@ -126,6 +275,68 @@ impl EpollSet {
             (libc::EPOLL_CTL_MOD | libc::EPOLL_CTL_DEL, None, _) => Err(libc::ENOENT),
             _ => Err(libc::EINVAL),
         }
+    }
+
+    /// epoll_ctl on this set, under its lock: a registration goes where it lives (shadow
+    /// list or kernel set); a new one goes to the shadow list if the connection is on
+    /// the fabric or undecided, else to the kernel set.
+    fn ctl(&self, op: c_int, fd: c_int, ev: *mut epoll_event) -> Result<c_int, i32> {
+        let conn = match table::get(fd) {
+            Some(Entry::Conn(c)) => Some(c),
+            _ => None,
+        };
+        // SAFETY: the caller's pointer, as the kernel would read it.
+        let evr = unsafe { ev.as_ref() };
+        let mut g = self.inner.lock();
+        let at = Self::shadow_at(&g, fd, conn.as_ref());
+        let fabric = conn.as_ref().filter(|c| match c.decided.get() {
+            None => true,
+            Some(None) => false,
+            Some(Some(s)) => !s.moved(),
+        });
+        let kernel = |g: &mut Inner| -> Result<c_int, i32> {
+            // SAFETY: the application's arguments, passed on.
+            let r = crate::imp::pass_int(unsafe { (real().epoll_ctl)(self.epfd, op, fd, ev) })?;
+            match op {
+                libc::EPOLL_CTL_DEL => {
+                    g.kernel.remove(&fd);
+                }
+                _ => {
+                    if let Some(e) = evr {
+                        g.kernel.insert(fd, (e.events, e.u64));
+                    }
+                }
+            }
+            Ok(r)
+        };
+        let r = match (at, fabric) {
+            (Some(_), _) => self.ctl_shadow(&mut g, op, fd, conn.as_ref().expect("a shadow entry's connection"), at, evr),
+            (None, Some(c)) if op == libc::EPOLL_CTL_ADD => {
+                if g.kernel.contains_key(&fd) {
+                    // Registered in the kernel set before it became a fabric connection
+                    // (the next wait moves it): the kernel answers EEXIST, or takes it
+                    // if that registration went with a closed fd, which then moves here.
+                    let r = kernel(&mut g)?;
+                    // SAFETY: undoing our own ADD.
+                    unsafe { (real().epoll_ctl)(self.epfd, libc::EPOLL_CTL_DEL, fd, std::ptr::null_mut()) };
+                    g.kernel.remove(&fd);
+                    self.ctl_shadow(&mut g, op, fd, c, None, evr).map(|_| r)
+                } else {
+                    self.ctl_shadow(&mut g, op, fd, c, None, evr)
+                }
+            }
+            _ => kernel(&mut g),
+        };
+        if r.is_ok() {
+            if let Some(inner) = set_of(fd) {
+                g.nested.retain(|(n, _, _, _)| *n != fd);
+                if let (true, Some(e)) = (op != libc::EPOLL_CTL_DEL, evr) {
+                    g.nested.push((fd, Arc::downgrade(&inner), e.events, e.u64));
+                    self.has_shadow.store(true, Ordering::Release);
+                }
+            }
+        }
+        r
     }
 
     /// Sockets the application put in the kernel set before they became fabric
@@ -166,11 +377,13 @@ impl EpollSet {
         })
     }
 
-    /// Announce interest in every fabric entry (an outer waiter is about to block);
-    /// returns what to withdraw afterwards with [`disarm_all`].
-    pub fn arm_all(&self) -> Vec<(Arc<dyn Stream>, u32)> {
-        let mut g = self.inner.lock();
+    /// Announce interest in every fabric entry (an outer waiter is about to block on
+    /// `into`'s waker, which watches their doorbells: `into` is an outer epoll set, or
+    /// this one for a poll/select waiter); returns what to withdraw afterwards with
+    /// [`disarm_all`].
+    pub fn arm_all(&self, into: &EpollSet) -> Vec<(Arc<dyn Stream>, u32)> {
         let mut armed = Vec::new();
+        let g = self.inner.lock();
         let streams: Vec<(Arc<dyn Stream>, u32)> = g
             .shadow
             .iter()
@@ -179,9 +392,13 @@ impl EpollSet {
                 _ => None,
             })
             .collect();
+        drop(g);
         for (stream, events) in streams {
-            // Its doorbell must be in our kernel set, so that a ring makes us readable.
-            self.ensure_bell(&mut g, self.epfd, &stream);
+            // Its doorbell must be watched where the waiter blocks.
+            {
+                let mut og = into.inner.lock();
+                into.ensure_bell(&mut og, &stream);
+            }
             let interest = interest_of(events);
             stream.local_bell().arm(interest, |b| stream.arm(b));
             armed.push((stream.clone(), interest));
@@ -194,7 +411,8 @@ impl EpollSet {
     }
 
     /// One pass: settle undecided entries, report ready ones (up to `max`).
-    fn scan(&self, epfd: c_int, max: usize) -> Scan {
+    fn scan(&self, max: usize) -> Scan {
+        let epfd = self.epfd;
         let mut g = self.inner.lock();
         let mut out = Scan { ready: Vec::new(), nested: Vec::new(), nested_ready: Vec::new(), arm: Vec::new(), wake_by_ns: None };
         let n = g.shadow.len();
@@ -211,6 +429,8 @@ impl EpollSet {
                 Ok(Some(s)) if !s.moved() => s,
                 Ok(_) => {
                     // Settled on TCP: the kernel set takes it over, as registered.
+                    // (A fired EPOLLONESHOT entry comes back armed: the kernel has no
+                    // way to add one disarmed.)
                     let (events, data) = (g.shadow[i].events, g.shadow[i].data);
                     let mut ev = epoll_event { events, u64: data };
                     if unsafe { (real().epoll_ctl)(epfd, libc::EPOLL_CTL_ADD, fd, &mut ev) } == 0 {
@@ -232,7 +452,7 @@ impl EpollSet {
                 }
                 Err(Undecided::Offered) => {
                     if let Some((bell, deadline)) = c.pending_bell() {
-                        register_bell_fd(epfd, bell);
+                        self.watch(bell);
                         // Bytes from a plain server on the kernel socket do not ring the
                         // bell: look again every few milliseconds until decided.
                         let wake = deadline.min(sys::now_ns() + 5_000_000);
@@ -241,7 +461,7 @@ impl EpollSet {
                     continue;
                 }
             };
-            self.ensure_bell(&mut g, epfd, &stream);
+            self.ensure_bell(&mut g, &stream);
             let s = &mut g.shadow[i];
             if s.fired {
                 continue;
@@ -278,7 +498,12 @@ impl EpollSet {
                 out.nested.push(inner);
             }
         }
-        g.bells.retain(|_, w| w.strong_count() > 0);
+        let dead: Vec<c_int> = g.bells.iter().filter(|(_, w)| w.strong_count() == 0).map(|(&b, _)| b).collect();
+        for b in dead {
+            // A doorbell kept for a later connection stays open: stop watching it here.
+            self.unwatch(b);
+            g.bells.remove(&b);
+        }
         gone.sort_unstable();
         for i in gone.into_iter().rev() {
             g.shadow.swap_remove(i);
@@ -288,18 +513,18 @@ impl EpollSet {
         out
     }
 
-    fn ensure_bell(&self, g: &mut Inner, epfd: c_int, s: &Arc<dyn Stream>) {
+    fn ensure_bell(&self, g: &mut Inner, s: &Arc<dyn Stream>) {
         let bell = s.doorbell();
         if let Some(w) = g.bells.get(&bell) {
             if w.upgrade().is_some_and(|x| Arc::ptr_eq(&x, s)) {
                 return;
             }
         }
-        register_bell_fd(epfd, bell);
+        self.watch(bell);
         g.bells.insert(bell, Arc::downgrade(s));
     }
 
-    /// A private event came back from the kernel set: a doorbell rang or hung up.
+    /// A doorbell watched by the waker rang or hung up.
     fn on_bell(&self, bell: c_int, events: u32) {
         let s = self.inner.lock().bells.get(&bell).and_then(|w| w.upgrade());
         if let Some(s) = s {
@@ -342,18 +567,6 @@ pub fn disarm_all(armed: &[(Arc<dyn Stream>, u32)]) {
     }
 }
 
-/// Watch a doorbell in the kernel set, edge-triggered: a ring wakes the set whoever
-/// reads the byte afterwards.
-fn register_bell_fd(epfd: c_int, bell: c_int) {
-    let mut ev = epoll_event { events: (libc::EPOLLIN | libc::EPOLLET) as u32, u64: TAG | bell as u32 as u64 };
-    // SAFETY: plain epoll_ctl on fds we own.
-    let r = unsafe { (real().epoll_ctl)(epfd, libc::EPOLL_CTL_ADD, bell, &mut ev) };
-    if r != 0 {
-        // Already there (EEXIST): re-arm the edge.
-        unsafe { (real().epoll_ctl)(epfd, libc::EPOLL_CTL_MOD, bell, &mut ev) };
-    }
-}
-
 pub fn set_of(epfd: c_int) -> Option<Arc<EpollSet>> {
     if !TRACKED.get(epfd) {
         return None;
@@ -366,8 +579,7 @@ pub fn set_of(epfd: c_int) -> Option<Arc<EpollSet>> {
 
 fn track_set(r: c_int) -> c_int {
     if r >= 0 && !crate::state::off() && !reentered() {
-        let set = EpollSet { epfd: r, inner: Mutex::default(), has_shadow: AtomicBool::new(false), seen_gen: AtomicU64::new(0) };
-        table::insert(r, Entry::Epoll(Arc::new(set)));
+        table::insert(r, Entry::Epoll(Arc::new(EpollSet::new(r))));
     }
     r
 }
@@ -390,59 +602,11 @@ pub unsafe fn epoll_ctl(epfd: c_int, op: c_int, fd: c_int, ev: *mut epoll_event)
         if fd == epfd {
             return Err(libc::EINVAL);
         }
-        // Fabric and still-undecided connections live in the shadow list; everything
-        // else (connections settled on TCP included) in the kernel set.
-        let conn = match table::get(fd) {
-            Some(Entry::Conn(c)) if !matches!(c.decided.get(), Some(None)) => Some(c),
-            _ => None,
-        };
-        match conn {
-            Some(c) => {
-                let r = set.ctl_shadow(op, fd, &c, ev.as_ref());
-                // poll/select on this epoll fd must now look inside it.
-                DATA.set(epfd, set.has_fabric());
-                r
-            }
-            None => {
-                let r = crate::imp::pass_int(pass_through())?;
-                let inner = set_of(fd);
-                let mut g = set.inner.lock();
-                if let Some(inner) = inner {
-                    g.nested.retain(|(n, _, _, _)| *n != fd);
-                    if let (true, Some(e)) = (op != libc::EPOLL_CTL_DEL, ev.as_ref()) {
-                        g.nested.push((fd, Arc::downgrade(&inner), e.events, e.u64));
-                        set.has_shadow.store(true, Ordering::Release);
-                    }
-                }
-                match op {
-                    libc::EPOLL_CTL_DEL => {
-                        g.kernel.remove(&fd);
-                    }
-                    _ => {
-                        if let Some(e) = ev.as_ref() {
-                            g.kernel.insert(fd, (e.events, e.u64));
-                        }
-                    }
-                }
-                Ok(r)
-            }
-        }
+        let r = set.ctl(op, fd, ev);
+        // poll/select on this epoll fd must now look inside it.
+        DATA.set(epfd, set.has_fabric());
+        r
     })
-}
-
-/// Remove the private events from `buf[..n]`, handling them; returns the count left.
-fn filter_private(set: &EpollSet, buf: &mut [epoll_event], n: usize) -> usize {
-    let mut keep = 0;
-    for i in 0..n {
-        let e = buf[i];
-        if e.u64 & TAG_MASK == TAG {
-            set.on_bell((e.u64 & 0xFFFF_FFFF) as u32 as c_int, e.events);
-        } else {
-            buf[keep] = e;
-            keep += 1;
-        }
-    }
-    keep
 }
 
 unsafe fn wait_common(
@@ -458,18 +622,19 @@ unsafe fn wait_common(
     }
     let Some(set) = set_of(epfd) else { return pass_through() };
     set.migrate(epfd);
-    if !set.has_shadow.load(Ordering::Acquire) && set.inner.lock().bells.is_empty() {
+    // Nothing of ours is ever in the kernel set: without fabric entries it is the
+    // application's alone.
+    if !set.has_shadow.load(Ordering::Acquire) {
         return pass_through();
     }
     let buf = std::slice::from_raw_parts_mut(out, max as usize);
     boundary(-1, || {
         let deadline = timeout.map(|t| sys::now_ns() + t.as_nanos() as u64);
         loop {
-            // The kernel set first (its private events tell of peers that closed), then
-            // the shadow list, in the room left.
+            // The kernel set first, then the shadow list, in the room left.
             let k = (real().epoll_wait)(epfd, buf.as_mut_ptr(), buf.len() as c_int, 0);
-            let kept = if k > 0 { filter_private(&set, buf, k as usize) } else { 0 };
-            let scan = set.scan(epfd, buf.len() - kept);
+            let kept = k.max(0) as usize;
+            let scan = set.scan(buf.len() - kept);
             let mut n = kept;
             buf[n..n + scan.ready.len()].copy_from_slice(&scan.ready);
             n += scan.ready.len();
@@ -497,37 +662,26 @@ unsafe fn wait_common(
             for (s, i) in &scan.arm {
                 s.local_bell().arm(*i, |b| s.arm(b));
             }
-            let nested_armed: Vec<_> = scan.nested.iter().map(|n| n.arm_all()).collect();
+            let nested_armed: Vec<_> = scan.nested.iter().map(|n| n.arm_all(&set)).collect();
             let ready_now = scan.arm.iter().any(|(s, i)| {
                 (*i & wait::DATA != 0 && s.has_data()) || (*i & wait::SPACE != 0 && s.has_space())
             }) || scan.nested.iter().any(|n| n.peek_ready());
-            let mut k = 0;
+            let mut blocked = Ok(());
             if !ready_now {
                 let wake_at = scan.wake_by_ns.into_iter().chain(deadline).min();
                 let ms = match wake_at {
                     None => -1,
                     Some(w) => (w.saturating_sub(now)).div_ceil(1_000_000).min(i32::MAX as u64) as c_int,
                 };
-                k = if sigmask.is_null() {
-                    (real().epoll_wait)(epfd, buf.as_mut_ptr(), buf.len() as c_int, ms)
-                } else {
-                    (real().epoll_pwait)(epfd, buf.as_mut_ptr(), buf.len() as c_int, ms, sigmask)
-                };
+                blocked = set.block(ms, sigmask);
             }
-            let e = crate::imp::errno_now();
             for (s, i) in &scan.arm {
                 s.local_bell().disarm(*i, |b| s.disarm(b));
             }
             for armed in &nested_armed {
                 disarm_all(armed);
             }
-            if k < 0 {
-                return Err(e);
-            }
-            let kept = filter_private(&set, buf, k.max(0) as usize);
-            if kept > 0 {
-                return Ok(kept as c_int);
-            }
+            blocked?;
         }
     })
 }

@@ -4,7 +4,8 @@
 //! it); kernel fds are asked with a zero-timeout poll. If nothing is ready, one blocking
 //! poll covers the kernel fds and the doorbells of the fabric fds (whose wait bits are
 //! set first, so the peer rings), and the readiness is computed again.
-//! (epoll is the next layer's work.)
+//! An epoll fd with fabric entries is polled as itself (its kernel side) and looked
+//! into; a blocking poll also waits on its waker (epoll.rs).
 #![allow(unsafe_code)]
 #![allow(clippy::missing_safety_doc)]
 
@@ -122,7 +123,12 @@ fn poll_fabric(fds: &mut [pollfd], timeout: Option<Duration>, sigmask: Option<&s
         if spin_set(&spinners, crate::state::policy(), kernel_ready) {
             continue;
         }
-        let armed: Vec<_> = sets.iter().map(|(_, set)| set.arm_all()).collect();
+        // An epoll set's fabric entries wake us through its waker, which watches their
+        // doorbells (and holds the set itself).
+        let armed: Vec<_> = sets.iter().map(|(_, set)| set.arm_all(set)).collect();
+        for (_, set) in &sets {
+            kfds.push(pollfd { fd: set.wake_fd(), events: libc::POLLIN, revents: 0 });
+        }
         // Announced: look once more before blocking (a ring before the announcement
         // would not have been sent).
         if sets.iter().any(|(_, set)| set.peek_ready()) {
@@ -134,6 +140,9 @@ fn poll_fabric(fds: &mut [pollfd], timeout: Option<Duration>, sigmask: Option<&s
         let r = poll_step(&items, &mut kfds, remaining, sigmask);
         for a in &armed {
             crate::epoll::disarm_all(a);
+        }
+        for (_, set) in &sets {
+            set.drain_waker();
         }
         r.map_err(|e| e.raw_os_error().unwrap_or(libc::EINVAL))?;
     }
