@@ -1,6 +1,6 @@
 /* Process and signal semantics on one TCP connection, printed as observations; run
  * plain and under the shim, the transcripts must be identical.
- *   procsem CASE     (signals | sockopts | dups | spawn | vfork | clone | timeouts)
+ *   procsem CASE     (signals | sockopts | dups | spawn | vfork | clone | timeouts | apiedge)
  * Client and server live in this one process (listen, connect, accept). */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
@@ -16,6 +16,7 @@
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
 extern char **environ;
@@ -205,6 +206,52 @@ static void cloned(void) {
 	printf("server got \"%s\" then %zd\n", b, n);
 }
 
+/* Buffers that are not user memory, and zero lengths (issue 21.8). */
+static double now_s(void) {
+	struct timespec t;
+	clock_gettime(CLOCK_MONOTONIC, &t);
+	return t.tv_sec + t.tv_nsec / 1e9;
+}
+
+static void apiedge(void) {
+	char b[16];
+	ssize_t r;
+	r = send(cli, NULL, 10, 0);
+	printf("send(NULL, 10) -> %zd %s\n", r, err(r));
+	r = send(cli, (void *)1, 10, MSG_DONTWAIT);
+	printf("send((void *)1, 10) -> %zd %s\n", r, err(r));
+	r = recv(srv, NULL, 10, MSG_DONTWAIT);
+	printf("recv(NULL, 10, MSG_DONTWAIT), nothing there -> %zd %s\n", r, err(r));
+	r = recv(srv, b, 0, MSG_DONTWAIT);
+	printf("recv(len 0, MSG_DONTWAIT), nothing there -> %zd %s\n", r, err(r));
+	r = read(srv, b, 0);
+	printf("read(len 0), nothing there -> %zd %s\n", r, err(r));
+	if (write(cli, "data", 4) != 4) die("write");
+	usleep(50 * 1000); /* lets the bytes arrive; not synchronisation: the recv below waits */
+	r = recv(srv, NULL, 10, 0);
+	printf("recv(NULL, 10), bytes waiting -> %zd %s\n", r, err(r));
+	r = recv(srv, (void *)1, 10, 0);
+	printf("recv((void *)1, 10), bytes waiting -> %zd %s\n", r, err(r));
+	r = recv(srv, b, 0, 0);
+	printf("recv(len 0), bytes waiting -> %zd %s\n", r, err(r));
+	r = recv(srv, b, sizeof b, 0);
+	printf("recv afterwards -> %zd %.*s\n", r, (int)(r > 0 ? r : 0), b);
+	/* A blocking recv of length 0 waits for bytes, as Linux's tcp_recvmsg does. */
+	pthread_t t;
+	pthread_create(&t, NULL, late_writer, &cli);
+	double t0 = now_s();
+	r = recv(srv, b, 0, 0);
+	printf("blocking recv(len 0), bytes later -> %zd %s, waited for them: %s\n", r, err(r), now_s() - t0 > 0.15 ? "yes" : "no");
+	pthread_join(t, NULL);
+	r = recv(srv, b, sizeof b, 0);
+	printf("recv afterwards -> %zd %.*s\n", r, (int)(r > 0 ? r : 0), b);
+	shutdown(cli, SHUT_WR);
+	r = recv(srv, NULL, 10, 0);
+	printf("recv(NULL, 10) at the end -> %zd %s\n", r, err(r));
+	r = recv(srv, b, 0, 0);
+	printf("recv(len 0) at the end -> %zd %s\n", r, err(r));
+}
+
 int main(int argc, char **argv) {
 	if (argc != 2) return 2;
 	setvbuf(stdout, NULL, _IOLBF, 0);
@@ -216,6 +263,7 @@ int main(int argc, char **argv) {
 	else if (!strcmp(argv[1], "vfork")) vforked();
 	else if (!strcmp(argv[1], "clone")) cloned();
 	else if (!strcmp(argv[1], "timeouts")) timeouts();
+	else if (!strcmp(argv[1], "apiedge")) apiedge();
 	else return 2;
 	return 0;
 }

@@ -230,3 +230,47 @@ fn clone_vm_child_leaves_the_parents_connection_alone() {
 fn back_to_back_connections_end_as_on_linux() {
     compare("kept_doorbells.py", &[]);
 }
+
+/// Issue 14.3: `rdmasock stat` lists every connection once with the processes holding
+/// it (a fork-per-connection server's children; a socket shared across fork), and a
+/// connection that moved back to kernel TCP as tcp (moved-to-tcp) with the kernel's
+/// byte count. The script checks the rows itself (there is no plain run to compare).
+#[test]
+fn stat_lists_forked_holders_and_moved_connections() {
+    let lib = library();
+    let dir = tempdir();
+    let out = Command::new("timeout")
+        .args(["60", "/usr/bin/python3"])
+        .arg(script("stat_truth.py"))
+        .arg(lib.with_file_name("rdmasock"))
+        .env("RDMASOCK_DIR", &dir)
+        .env("LD_PRELOAD", &lib)
+        .output()
+        .unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(out.status.success() && String::from_utf8_lossy(&out.stdout).trim() == "ok", "stat_truth.py: {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+}
+
+/// Issue 14.4: a SIGKILLed client's registry records (its connection table) are gone
+/// once the server has seen its end and made its next connection.
+#[test]
+fn records_of_a_killed_process_go_with_the_next_connection() {
+    let lib = library();
+    let dir = tempdir();
+    let out = Command::new("timeout")
+        .args(["60", "/usr/bin/python3"])
+        .arg(script("killed_records.py"))
+        .env("RDMASOCK_DIR", &dir)
+        .env("LD_PRELOAD", &lib)
+        .output()
+        .unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(out.status.success(), "killed_records.py: {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+}
+
+/// Issue 21.8: buffers that are not user memory give EFAULT (when there are bytes to
+/// copy), and zero lengths behave as Linux's (recv waits, or EAGAIN; read is 0 at once).
+#[test]
+fn bad_buffers_and_zero_lengths_as_linux() {
+    compare_c("apiedge");
+}

@@ -436,6 +436,9 @@ impl EpollSet {
                     if unsafe { (real().epoll_ctl)(epfd, libc::EPOLL_CTL_ADD, fd, &mut ev) } == 0 {
                         g.kernel.insert(fd, (events, data));
                     }
+                    if matches!(c.decided.get(), Some(Some(_))) {
+                        c.note_moved();
+                    }
                     DATA.set(fd, false);
                     gone.push(i);
                     continue;

@@ -122,6 +122,9 @@ fn managed_for(fd: c_int, flags: c_int, write: bool) -> Result<Option<Arc<Conn>>
     };
     if !on_fabric {
         // On kernel TCP (from the start, or moved back): straight to libc from now.
+        if matches!(c.decided.get(), Some(Some(_))) {
+            c.note_moved();
+        }
         DATA.set(fd, false);
         return Ok(None);
     }
@@ -275,6 +278,37 @@ fn fabric_recv(fd: c_int, c: &Conn, s: &dyn Stream, mut bufs: &mut [IoSliceMut<'
     }
 }
 
+/// recv with nothing to copy into (a zero length, or `bad`: a buffer that is not user
+/// memory). As Linux tcp_recvmsg: bytes waiting give 0 (EFAULT if `bad`), the end 0, a
+/// pending error that error; with nothing there a blocking call waits, a non-blocking
+/// one fails with EAGAIN.
+fn fabric_recv_nothing(fd: c_int, c: &Conn, s: &dyn Stream, flags: c_int, bad: bool) -> Result<usize, i32> {
+    if flags & libc::MSG_OOB != 0 {
+        return Err(libc::EINVAL); // as Linux with no urgent data pending
+    }
+    let mut limit = Limit::default();
+    loop {
+        if s.rx_pending() > 0 {
+            return if bad { Err(libc::EFAULT) } else { Ok(0) };
+        }
+        if s.has_data() {
+            // The end, or an error (or bytes that came meanwhile): a peek of one byte
+            // into a buffer of ours says which.
+            let mut one = [0u8; 1];
+            return match s.dequeue(&mut [IoSliceMut::new(&mut one)], true) {
+                Ok(1) if bad => Err(libc::EFAULT),
+                Ok(_) => Ok(0),
+                Err(StreamError::WouldBlock) => {
+                    block_on(fd, c, s, wait::DATA, flags, &mut limit)?;
+                    continue;
+                }
+                Err(e) => Err(stream_errno(s, e, flags)),
+            };
+        }
+        block_on(fd, c, s, wait::DATA, flags, &mut limit)?;
+    }
+}
+
 /// send on a fabric stream. As Linux tcp_sendmsg: a blocking send moves everything
 /// unless interrupted or timed out (then the partial count).
 fn fabric_send(fd: c_int, c: &Conn, s: &dyn Stream, mut bufs: &mut [IoSlice<'_>], flags: c_int) -> Result<usize, i32> {
@@ -311,6 +345,16 @@ enum Bufs<T> {
     Many(Vec<T>),
 }
 
+impl<T: std::ops::Deref<Target = [u8]>> Bufs<T> {
+    /// No byte to move (every buffer empty).
+    fn is_empty(&self) -> bool {
+        match self {
+            Bufs::One(b) => b.iter().all(|b| b.is_empty()),
+            Bufs::Many(v) => v.iter().all(|b| b.is_empty()),
+        }
+    }
+}
+
 impl<T> Bufs<T> {
     fn as_mut(&mut self) -> &mut [T] {
         match self {
@@ -329,8 +373,18 @@ unsafe fn iov_mut<'a>(iov: *const iovec, cnt: c_int) -> Result<Bufs<IoSliceMut<'
     if cnt == 0 {
         return Ok(Bufs::Many(Vec::new()));
     }
-    let s = std::slice::from_raw_parts(iov as *const IoSliceMut<'a>, cnt as usize);
-    Ok(Bufs::Many(s.iter().map(|b| IoSliceMut::new(std::slice::from_raw_parts_mut(b.as_ptr() as *mut u8, b.len()))).collect()))
+    if !user_range(iov as usize, cnt as usize * std::mem::size_of::<iovec>()) {
+        return Err(libc::EFAULT);
+    }
+    let s = std::slice::from_raw_parts(iov as *const iovec, cnt as usize);
+    if s.iter().any(|b| !user_range(b.iov_base as usize, b.iov_len)) {
+        return Err(BAD_BUF);
+    }
+    Ok(Bufs::Many(
+        s.iter()
+            .map(|b| IoSliceMut::new(if b.iov_len == 0 { &mut [] } else { std::slice::from_raw_parts_mut(b.iov_base as *mut u8, b.iov_len) }))
+            .collect(),
+    ))
 }
 
 /// # Safety
@@ -342,29 +396,80 @@ unsafe fn iov<'a>(iov: *const iovec, cnt: c_int) -> Result<Bufs<IoSlice<'a>>, i3
     if cnt == 0 {
         return Ok(Bufs::Many(Vec::new()));
     }
-    Ok(Bufs::Many(std::slice::from_raw_parts(iov as *const IoSlice<'a>, cnt as usize).to_vec()))
+    if !user_range(iov as usize, cnt as usize * std::mem::size_of::<iovec>()) {
+        return Err(libc::EFAULT);
+    }
+    let s = std::slice::from_raw_parts(iov as *const iovec, cnt as usize);
+    if s.iter().any(|b| !user_range(b.iov_base as usize, b.iov_len)) {
+        return Err(BAD_BUF);
+    }
+    Ok(Bufs::Many(
+        s.iter().map(|b| IoSlice::new(if b.iov_len == 0 { &[] } else { std::slice::from_raw_parts(b.iov_base as *const u8, b.iov_len) })).collect(),
+    ))
 }
 
-unsafe fn one_mut<'a>(buf: *mut c_void, len: size_t) -> Bufs<IoSliceMut<'a>> {
-    if len == 0 || buf.is_null() {
-        return Bufs::One([IoSliceMut::new(&mut [])]);
-    }
-    Bufs::One([IoSliceMut::new(std::slice::from_raw_parts_mut(buf as *mut u8, len))])
+/// Could `len` bytes at `p` be user memory? (not below vm.mmap_min_addr, where nothing
+/// can be mapped, NULL included; not past the top of user space; no wrap). A range that fails makes the call EFAULT,
+/// as Linux's copy to or from user space would; one that passes but is not mapped still
+/// faults in our copy, which Linux would report as EFAULT too (not checked: that would
+/// cost a system call per message).
+fn user_range(p: usize, len: usize) -> bool {
+    const TASK_SIZE: usize = 0x7FFF_FFFF_F000; // x86-64, 4-level paging
+    len == 0 || (p >= mmap_min_addr() && p.checked_add(len).is_some_and(|end| end <= TASK_SIZE))
 }
 
-unsafe fn one<'a>(buf: *const c_void, len: size_t) -> Bufs<IoSlice<'a>> {
-    if len == 0 || buf.is_null() {
-        return Bufs::One([IoSlice::new(&[])]);
+/// vm.mmap_min_addr, read once (4096 if it cannot be read).
+fn mmap_min_addr() -> usize {
+    static MIN: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *MIN.get_or_init(|| {
+        let mut b = [0u8; 32];
+        let n = sys::open("/proc/sys/vm/mmap_min_addr", libc::O_RDONLY | libc::O_CLOEXEC, 0)
+            .ok()
+            .and_then(|f| sys::read(std::os::fd::AsRawFd::as_raw_fd(&f), &mut b).ok())
+            .unwrap_or(0);
+        std::str::from_utf8(&b[..n]).ok().and_then(|t| t.trim().parse().ok()).unwrap_or(4096).max(4096)
+    })
+}
+
+/// A buffer list with a range that is not user memory (see [`user_range`]).
+const BAD_BUF: i32 = -3;
+
+unsafe fn one_mut<'a>(buf: *mut c_void, len: size_t) -> Result<Bufs<IoSliceMut<'a>>, i32> {
+    if len == 0 {
+        return Ok(Bufs::One([IoSliceMut::new(&mut [])]));
     }
-    Bufs::One([IoSlice::new(std::slice::from_raw_parts(buf as *const u8, len))])
+    if !user_range(buf as usize, len) {
+        return Err(BAD_BUF);
+    }
+    Ok(Bufs::One([IoSliceMut::new(std::slice::from_raw_parts_mut(buf as *mut u8, len))]))
+}
+
+unsafe fn one<'a>(buf: *const c_void, len: size_t) -> Result<Bufs<IoSlice<'a>>, i32> {
+    if len == 0 {
+        return Ok(Bufs::One([IoSlice::new(&[])]));
+    }
+    if !user_range(buf as usize, len) {
+        return Err(BAD_BUF);
+    }
+    Ok(Bufs::One([IoSlice::new(std::slice::from_raw_parts(buf as *const u8, len))]))
 }
 
 /// Receive on `fd` into a buffer list, or pass through.
 fn recv_common(fd: c_int, bufs: impl FnOnce() -> Result<Bufs<IoSliceMut<'static>>, i32>, flags: c_int, pass_through: impl FnOnce() -> ssize_t) -> ssize_t {
     boundary(-1, || match managed(fd, flags)? {
         Some(c) => {
-            let mut b = bufs()?;
-            match fabric_recv(fd, &c, c.fabric(), b.as_mut(), flags) {
+            let s = c.fabric();
+            let r = match bufs() {
+                Ok(mut b) if !b.is_empty() => fabric_recv(fd, &c, s, b.as_mut(), flags),
+                // Nothing to copy into: as Linux tcp_recvmsg, wait (as the call would)
+                // for something to be there, then report 0, the end, or the error.
+                Ok(_) => fabric_recv_nothing(fd, &c, s, flags, false),
+                // A buffer that is not user memory: EFAULT once there are bytes to copy
+                // (before that, as for any recv: wait, EAGAIN, the end or the error).
+                Err(BAD_BUF) => fabric_recv_nothing(fd, &c, s, flags, true),
+                Err(e) => Err(e),
+            };
+            match r {
                 Err(MOVED) => pass(pass_through()),
                 r => r.map(|n| n as ssize_t),
             }
@@ -376,7 +481,8 @@ fn recv_common(fd: c_int, bufs: impl FnOnce() -> Result<Bufs<IoSliceMut<'static>
 fn send_common(fd: c_int, bufs: impl FnOnce() -> Result<Bufs<IoSlice<'static>>, i32>, flags: c_int, pass_through: impl FnOnce() -> ssize_t) -> ssize_t {
     boundary(-1, || match managed_for(fd, flags, true)? {
         Some(c) => {
-            let mut b = bufs()?;
+            // As Linux: a source that is not user memory fails the copy (EFAULT).
+            let mut b = bufs().map_err(|e| if e == BAD_BUF { libc::EFAULT } else { e })?;
             match fabric_send(fd, &c, c.fabric(), b.as_mut(), flags) {
                 Err(MOVED) => pass(pass_through()),
                 r => r.map(|n| n as ssize_t),
@@ -387,10 +493,11 @@ fn send_common(fd: c_int, bufs: impl FnOnce() -> Result<Bufs<IoSlice<'static>>, 
 }
 
 pub unsafe fn read(fd: c_int, buf: *mut c_void, count: size_t) -> ssize_t {
-    if !DATA.get(fd) || reentered() {
+    if !DATA.get(fd) || reentered() || count == 0 {
+        // As Linux sock_read_iter: a read of nothing is 0 at once, whatever the socket.
         return (real().read)(fd, buf, count);
     }
-    recv_common(fd, || Ok(one_mut(buf, count)), 0, || (real().read)(fd, buf, count))
+    recv_common(fd, || one_mut(buf, count), 0, || (real().read)(fd, buf, count))
 }
 
 pub unsafe fn __read_chk(fd: c_int, buf: *mut c_void, count: size_t, buflen: size_t) -> ssize_t {
@@ -402,7 +509,9 @@ pub unsafe fn __read_chk(fd: c_int, buf: *mut c_void, count: size_t, buflen: siz
 }
 
 pub unsafe fn readv(fd: c_int, v: *const iovec, cnt: c_int) -> ssize_t {
-    if !DATA.get(fd) || reentered() {
+    // As Linux sock_read_iter: a read of nothing is 0 at once (the kernel says so).
+    let nothing = || cnt == 0 || (cnt > 0 && user_range(v as usize, cnt as usize * std::mem::size_of::<iovec>()) && std::slice::from_raw_parts(v, cnt as usize).iter().all(|b| b.iov_len == 0));
+    if !DATA.get(fd) || reentered() || nothing() {
         return (real().readv)(fd, v, cnt);
     }
     recv_common(fd, || iov_mut(v, cnt), 0, || (real().readv)(fd, v, cnt))
@@ -412,7 +521,7 @@ pub unsafe fn recv(fd: c_int, buf: *mut c_void, len: size_t, flags: c_int) -> ss
     if !DATA.get(fd) || reentered() {
         return (real().recv)(fd, buf, len, flags);
     }
-    recv_common(fd, || Ok(one_mut(buf, len)), flags, || (real().recv)(fd, buf, len, flags))
+    recv_common(fd, || one_mut(buf, len), flags, || (real().recv)(fd, buf, len, flags))
 }
 
 pub unsafe fn __recv_chk(fd: c_int, buf: *mut c_void, len: size_t, buflen: size_t, flags: c_int) -> ssize_t {
@@ -426,7 +535,7 @@ pub unsafe fn recvfrom(fd: c_int, buf: *mut c_void, len: size_t, flags: c_int, a
     if !DATA.get(fd) || reentered() {
         return (real().recvfrom)(fd, buf, len, flags, addr, alen);
     }
-    let r = recv_common(fd, || Ok(one_mut(buf, len)), flags, || (real().recvfrom)(fd, buf, len, flags, addr, alen));
+    let r = recv_common(fd, || one_mut(buf, len), flags, || (real().recvfrom)(fd, buf, len, flags, addr, alen));
     // As Linux for TCP: no source address; the length is set to 0.
     if r >= 0 && !addr.is_null() && !alen.is_null() && DATA.get(fd) {
         *alen = 0;
@@ -487,7 +596,7 @@ pub unsafe fn write(fd: c_int, buf: *const c_void, count: size_t) -> ssize_t {
     if !DATA.get(fd) || reentered() {
         return (real().write)(fd, buf, count);
     }
-    send_common(fd, || Ok(one(buf, count)), 0, || (real().write)(fd, buf, count))
+    send_common(fd, || one(buf, count), 0, || (real().write)(fd, buf, count))
 }
 
 pub unsafe fn writev(fd: c_int, v: *const iovec, cnt: c_int) -> ssize_t {
@@ -501,7 +610,7 @@ pub unsafe fn send(fd: c_int, buf: *const c_void, len: size_t, flags: c_int) -> 
     if !DATA.get(fd) || reentered() {
         return (real().send)(fd, buf, len, flags);
     }
-    send_common(fd, || Ok(one(buf, len)), flags, || (real().send)(fd, buf, len, flags))
+    send_common(fd, || one(buf, len), flags, || (real().send)(fd, buf, len, flags))
 }
 
 pub unsafe fn sendto(fd: c_int, buf: *const c_void, len: size_t, flags: c_int, addr: *const sockaddr, alen: socklen_t) -> ssize_t {
@@ -509,7 +618,7 @@ pub unsafe fn sendto(fd: c_int, buf: *const c_void, len: size_t, flags: c_int, a
         return (real().sendto)(fd, buf, len, flags, addr, alen);
     }
     // As Linux for a connected TCP socket: the address is ignored.
-    send_common(fd, || Ok(one(buf, len)), flags, || (real().sendto)(fd, buf, len, flags, addr, alen))
+    send_common(fd, || one(buf, len), flags, || (real().sendto)(fd, buf, len, flags, addr, alen))
 }
 
 /// Fabric sockets about to be passed to another process (SCM_RIGHTS) leave the ring
@@ -789,7 +898,7 @@ fn listener_matches(l: &ListenerRepr, dst: &SockAddr) -> bool {
 
 fn track_tcp(fd: c_int, role: u8, reason: Reason, peer: Option<SockAddr>) {
     let local = sys::getsockname(fd).ok();
-    log_decision(if role == ROLE_CLIENT { "connect" } else { "accept" }, fd, local, peer, false, reason);
+    log_decision(if role == ROLE_CLIENT { "connect" } else { "accept" }, fd, local, peer, None, reason);
     table::insert(fd, Entry::Conn(Arc::new(Conn::decided(role, fd, local, peer, None, reason))));
 }
 
@@ -826,6 +935,7 @@ pub unsafe fn connect(fd: c_int, addr: *const sockaddr, len: socklen_t) -> c_int
         let (Some(reg), Some(fab)) = (state::registry(), state::fabric()) else {
             return fallback(Reason::RegistryUnavailable);
         };
+        reg.sweep_if_due();
         let listeners: Vec<ListenerRepr> = reg.listeners(dst.port()).into_iter().filter(|l| listener_matches(l, &dst)).collect();
         if listeners.is_empty() {
             return fallback(Reason::NoShimListener);
@@ -888,6 +998,9 @@ unsafe fn on_accept(lfd: c_int, fd: c_int, flags: c_int, peer: Option<SockAddr>,
     };
     let (Ok(local), Ok(peer)) = (sys::getsockname(fd), peer) else { return };
     let ours = matches!(table::get(lfd), Some(Entry::Listener(_)));
+    if let Some(reg) = state::registry_if_any() {
+        reg.sweep_if_due();
+    }
     let (stream, reason) = if !state::upgrades() {
         // A shimmed client may still have offered: answer it now.
         if let (Ok(Some(p)), Some(fab)) = (diag::lookup(peer, local), state::fabric()) {
@@ -913,7 +1026,7 @@ unsafe fn on_accept(lfd: c_int, fd: c_int, flags: c_int, peer: Option<SockAddr>,
     if let Some(s) = &stream {
         apply_buffers(fd, &**s);
     }
-    log_decision("accept", fd, Some(local), Some(peer), stream.is_some(), reason);
+    log_decision("accept", fd, Some(local), Some(peer), stream.as_ref().map(|s| s.fabric()), reason);
     let c = Conn::decided(ROLE_SERVER, fd, Some(local), Some(peer), stream, reason);
     // As Linux: the accepted socket is non-blocking exactly when accept4 asked for it
     // (nothing is inherited from the listener), so its mode is known without F_GETFL.
@@ -1053,6 +1166,12 @@ pub unsafe fn close(fd: c_int) -> c_int {
         let r = (real().close)(fd);
         let saved = errno();
         drop(e);
+        if rdmasock_transport::registry::peer_end_seen() {
+            // A peer died or left: its records go now, not at some later listen or stat.
+            if let Some(reg) = state::registry_if_any() {
+                reg.sweep_if_due();
+            }
+        }
         set_errno(saved);
         return r;
     }

@@ -93,7 +93,17 @@ extern "C" fn fork_child() {
     sock::forget_decisions();
     rdmasock_transport::wait::forget_thread_event();
     if let (Some(t), Some(reg)) = (state::stats_if_any(), state::registry()) {
-        t.fork_child(reg);
+        // The connections this child holds (each once: dups share one Conn).
+        let mut keep: Vec<_> = table::all()
+            .into_iter()
+            .filter_map(|(_, e)| match e {
+                sock::Entry::Conn(c) => c.slot_fill(),
+                _ => None,
+            })
+            .collect();
+        keep.sort_by_key(|(id, _)| id.0);
+        keep.dedup_by_key(|(id, _)| id.0);
+        t.fork_child(reg, &keep);
     }
     if let Some(f) = state::fabric_if_any() {
         f.after_fork_child();

@@ -15,7 +15,7 @@ use rdmasock_transport::config::LogLevel;
 use rdmasock_transport::fabric::{Offer, Reason, Stream};
 use rdmasock_transport::layout::ListenerRepr;
 use rdmasock_transport::registry::Held;
-use rdmasock_transport::stats::{SlotId, PATH_SHM, PATH_TCP, ROLE_CLIENT};
+use rdmasock_transport::stats::{path_code, SlotFill, SlotId, PATH_PENDING, PATH_TCP, ROLE_CLIENT};
 use rdmasock_transport::sys;
 use rdmasock_transport::wait::Approach;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
@@ -94,6 +94,12 @@ pub struct Conn {
     pub local: Option<SockAddr>,
     pub peer: Option<SockAddr>,
     pub slot: Option<SlotId>,
+    /// What the slot says (a forked child writes it into a table of its own): fd, role,
+    /// then path and reason as they change.
+    slot_fd: i32,
+    role: u8,
+    path: AtomicU8,
+    reason: AtomicU8,
     pending: Mutex<Option<Pending>>,
     /// Some(Some): on the fabric; Some(None): on kernel TCP; None: pending.
     pub decided: OnceLock<Option<Arc<dyn Stream>>>,
@@ -236,9 +242,21 @@ pub enum Undecided {
 
 impl Conn {
     pub fn decided(role: u8, fd: i32, local: Option<SockAddr>, peer: Option<SockAddr>, stream: Option<Arc<dyn Stream>>, reason: Reason) -> Conn {
-        let path = if stream.is_some() { PATH_SHM } else { PATH_TCP };
+        let path = stream.as_ref().map_or(PATH_TCP, |s| path_code(s.fabric()));
         let slot = state::stats().and_then(|t| t.alloc(fd, role, path, reason, local, peer));
-        let c = Conn { local, peer, slot, pending: Mutex::new(None), decided: OnceLock::new(), send_lock: Mutex::new(()), cache: Cache::new(fd) };
+        let c = Conn {
+            local,
+            peer,
+            slot,
+            slot_fd: fd,
+            role,
+            path: AtomicU8::new(path),
+            reason: AtomicU8::new(reason as u8),
+            pending: Mutex::new(None),
+            decided: OnceLock::new(),
+            send_lock: Mutex::new(()),
+            cache: Cache::new(fd),
+        };
         let _ = c.decided.set(stream);
         c
     }
@@ -247,12 +265,16 @@ impl Conn {
     /// connect on a plain socket (`table::PLAIN`) returned `connected` (0: true,
     /// EINPROGRESS: false); None: not known.
     pub fn pending(fd: i32, local: Option<SockAddr>, peer: Option<SockAddr>, offer: Box<dyn Offer>, to: Option<ListenerRepr>, connected: Option<bool>) -> Conn {
-        let slot = state::stats().and_then(|t| t.alloc(fd, ROLE_CLIENT, rdmasock_transport::stats::PATH_PENDING, Reason::None, local, peer));
+        let slot = state::stats().and_then(|t| t.alloc(fd, ROLE_CLIENT, PATH_PENDING, Reason::None, local, peer));
         let deadline_ns = sys::now_ns() + state::config().claim_timeout.as_nanos() as u64;
         let c = Conn {
             local,
             peer,
             slot,
+            slot_fd: fd,
+            role: ROLE_CLIENT,
+            path: AtomicU8::new(PATH_PENDING),
+            reason: AtomicU8::new(Reason::None as u8),
             pending: Mutex::new(Some(Pending {
                 offer,
                 deadline_ns,
@@ -401,13 +423,11 @@ impl Conn {
                 s.before_fork();
             }
         }
-        if let (Some(t), Some(id)) = (state::stats_if_any(), self.slot) {
-            t.set_path(id, if stream.is_some() { PATH_SHM } else { PATH_TCP }, reason);
-        }
+        self.set_path(stream.as_ref().map_or(PATH_TCP, |s| path_code(s.fabric())), reason);
         if let Some(s) = &stream {
             crate::imp::apply_buffers(fd, &**s);
         }
-        log_decision("connect", fd, self.local.or_else(|| sys::getsockname(fd).ok()), self.peer, stream.is_some(), reason);
+        log_decision("connect", fd, self.local.or_else(|| sys::getsockname(fd).ok()), self.peer, stream.as_ref().map(|s| s.fabric()), reason);
         let _ = self.decided.set(stream.clone());
         Ok(stream)
     }
@@ -423,6 +443,35 @@ impl Conn {
             let wake = p.check_due().map_or(p.deadline_ns, |d| d.min(p.deadline_ns));
             (p.offer.doorbell(), if decided { sys::now_ns() } else { wake })
         })
+    }
+
+    fn set_path(&self, path: u8, reason: Reason) {
+        self.path.store(path, Ordering::Relaxed);
+        self.reason.store(reason as u8, Ordering::Relaxed);
+        if let (Some(t), Some(id)) = (state::stats_if_any(), self.slot) {
+            t.set_path(id, path, reason);
+        }
+    }
+
+    /// The connection was found moved back to kernel TCP (its stream says `moved`): from
+    /// now the kernel carries and counts its bytes; `rdmasock stat` says so. Once.
+    pub fn note_moved(&self) {
+        if self.path.load(Ordering::Relaxed) != PATH_TCP {
+            self.set_path(PATH_TCP, Reason::MovedToTcp);
+        }
+    }
+
+    /// The slot and what it says, for a forked child's own table.
+    pub fn slot_fill(&self) -> Option<(SlotId, SlotFill)> {
+        let fill = SlotFill {
+            fd: self.slot_fd,
+            role: self.role,
+            path: self.path.load(Ordering::Relaxed),
+            reason: Reason::from_u8(self.reason.load(Ordering::Relaxed)),
+            local: self.local,
+            peer: self.peer,
+        };
+        self.slot.map(|id| (id, fill))
     }
 
     pub fn count_in(&self, n: usize) {
@@ -489,15 +538,17 @@ pub fn forget_decisions() {
     FIRST_TCP_REASON.iter().for_each(|r| r.store(0, Ordering::Relaxed));
 }
 
-pub fn log_decision(what: &str, fd: i32, local: Option<SockAddr>, peer: Option<SockAddr>, fabric: bool, reason: Reason) {
+/// `fabric`: the fabric's name if the connection is on one (None: kernel TCP).
+pub fn log_decision(what: &str, fd: i32, local: Option<SockAddr>, peer: Option<SockAddr>, on: Option<&'static str>, reason: Reason) {
+    let fabric = on.is_some();
     let i = (what != "connect") as usize;
     DECIDED[i][!fabric as usize].fetch_add(1, Ordering::Relaxed);
     if !fabric {
         let _ = FIRST_TCP_REASON[i].compare_exchange(0, reason as u8, Ordering::Relaxed, Ordering::Relaxed);
     }
     let show = |a: Option<SockAddr>| a.map(|a| a.to_string()).unwrap_or_else(|| "?".into());
-    if fabric {
-        crate::log_at!(LogLevel::Info, "{what} fd={fd} local={} peer={} path=shm", show(local), show(peer));
+    if let Some(name) = on {
+        crate::log_at!(LogLevel::Info, "{what} fd={fd} local={} peer={} path={name}", show(local), show(peer));
     } else {
         crate::log_at!(LogLevel::Info, "{what} fd={fd} local={} peer={} path=tcp reason={}", show(local), show(peer), reason.as_str());
     }

@@ -49,6 +49,11 @@ pub fn upgrades() -> bool {
     !config().off && config().transport != Forced::Tcp
 }
 
+/// The registry, only if it is already open (never opens it).
+pub fn registry_if_any() -> Option<&'static Arc<Registry>> {
+    REGISTRY.get().and_then(|r| r.as_ref())
+}
+
 pub fn registry() -> Option<&'static Arc<Registry>> {
     REGISTRY
         .get_or_init(|| match Registry::open(&config().dir) {

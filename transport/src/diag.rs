@@ -81,14 +81,33 @@ pub fn lookup(src: SockAddr, dst: SockAddr) -> io::Result<Option<PeerSocket>> {
     let v4 = matches!((src.ip(), dst.ip()), (IpAddr::V4(_), IpAddr::V4(_)));
     let families: &[u8] = if v4 { &[libc::AF_INET as u8, libc::AF_INET6 as u8] } else { &[libc::AF_INET6 as u8] };
     for &fam in families {
-        if let Some(p) = query(fam, src, dst)? {
+        if let Some((p, _)) = query(fam, src, dst, 0)? {
             return Ok(Some(p));
         }
     }
     Ok(None)
 }
 
-fn query(family: u8, src: SockAddr, dst: SockAddr) -> io::Result<Option<PeerSocket>> {
+/// The kernel's byte counts of the TCP socket with local address `local` and remote
+/// `peer` (tcp_info's bytes_received; bytes_sent less bytes_retrans), for `rdmasock stat`: what went over
+/// kernel TCP, whoever holds the socket. None: no such socket here.
+pub fn tcp_bytes(local: SockAddr, peer: SockAddr) -> Option<(u64, u64)> {
+    let v4 = matches!((local.ip(), peer.ip()), (IpAddr::V4(_), IpAddr::V4(_)));
+    let families: &[u8] = if v4 { &[libc::AF_INET as u8, libc::AF_INET6 as u8] } else { &[libc::AF_INET6 as u8] };
+    families.iter().find_map(|&fam| query(fam, local, peer, 1 << (INET_DIAG_INFO - 1)).ok().flatten()).and_then(|(_, b)| b)
+}
+
+const INET_DIAG_INFO: u16 = 2;
+/// Offsets in struct tcp_info (include/uapi/linux/tcp.h, Linux 4.19 on) of
+/// tcpi_bytes_received, tcpi_bytes_sent and tcpi_bytes_retrans (bytes_acked would count
+/// the active opener's SYN).
+const TCPI_BYTES_RECEIVED: usize = 128;
+const TCPI_BYTES_SENT: usize = 200;
+const TCPI_BYTES_RETRANS: usize = 208;
+
+type Answer = (PeerSocket, Option<(u64, u64)>);
+
+fn query(family: u8, src: SockAddr, dst: SockAddr, ext: u8) -> io::Result<Option<Answer>> {
     let mut id = InetDiagSockId { cookie: [u32::MAX; 2], ..Default::default() };
     id.sport = src.port().to_be_bytes();
     id.dport = dst.port().to_be_bytes();
@@ -103,7 +122,7 @@ fn query(family: u8, src: SockAddr, dst: SockAddr) -> io::Result<Option<PeerSock
     };
     put(src, &mut id.src);
     put(dst, &mut id.dst);
-    let req = InetDiagReqV2 { family, protocol: libc::IPPROTO_TCP as u8, ext: 0, pad: 0, states: u32::MAX, id };
+    let req = InetDiagReqV2 { family, protocol: libc::IPPROTO_TCP as u8, ext, pad: 0, states: u32::MAX, id };
     #[repr(C)]
     struct Msg {
         hdr: NlMsgHdr,
@@ -127,7 +146,7 @@ fn query(family: u8, src: SockAddr, dst: SockAddr) -> io::Result<Option<PeerSock
         crate::sys::send(fd, bytes, 0)?;
         // The kernel answers within the send; an answer to an earlier question that was
         // never read (its reader was interrupted) is skipped by its sequence number.
-        let mut buf = [0u8; 1024];
+        let mut buf = [0u8; 2048];
         loop {
             let n = crate::sys::recv(fd, &mut buf, 0)?;
             if seq_of(&buf[..n]) == Some(msg_seq) {
@@ -176,7 +195,7 @@ fn seq_of(b: &[u8]) -> Option<u32> {
     })
 }
 
-fn parse_reply(b: &[u8]) -> io::Result<Option<PeerSocket>> {
+fn parse_reply(b: &[u8]) -> io::Result<Option<Answer>> {
     if b.len() < size_of::<NlMsgHdr>() {
         return Err(io::Error::from_raw_os_error(libc::EPROTO));
     }
@@ -191,7 +210,24 @@ fn parse_reply(b: &[u8]) -> io::Result<Option<PeerSocket>> {
     }
     // SAFETY: length checked above.
     let m: InetDiagMsg = unsafe { std::ptr::read_unaligned(b.as_ptr().add(size_of::<NlMsgHdr>()) as *const InetDiagMsg) };
-    Ok(Some(PeerSocket { uid: m.uid, inode: m.inode as u64 }))
+    // Attributes (struct rtattr: u16 len, u16 type, 4-byte aligned) up to the message's end.
+    let end = (hdr.len as usize).min(b.len());
+    let mut at = size_of::<NlMsgHdr>() + size_of::<InetDiagMsg>();
+    let mut bytes = None;
+    while at + 4 <= end {
+        let len = u16::from_ne_bytes([b[at], b[at + 1]]) as usize;
+        let ty = u16::from_ne_bytes([b[at + 2], b[at + 3]]);
+        if len < 4 || at + len > end {
+            break;
+        }
+        let val = &b[at + 4..at + len];
+        if ty == INET_DIAG_INFO && val.len() >= TCPI_BYTES_RETRANS + 8 {
+            let u = |o: usize| u64::from_ne_bytes(val[o..o + 8].try_into().expect("8 bytes"));
+            bytes = Some((u(TCPI_BYTES_RECEIVED), u(TCPI_BYTES_SENT).saturating_sub(u(TCPI_BYTES_RETRANS))));
+        }
+        at += (len + 3) & !3;
+    }
+    Ok(Some((PeerSocket { uid: m.uid, inode: m.inode as u64 }, bytes)))
 }
 
 fn nl_socket() -> io::Result<crate::sys::Fd> {
@@ -222,6 +258,26 @@ mod tests {
             let st = crate::sys::fstat(c.as_raw_fd()).unwrap();
             assert_eq!(found.inode, st.st_ino);
             assert_eq!(found.uid, crate::sys::getuid());
+        }
+    }
+
+    #[test]
+    fn tcp_byte_counts_of_a_loopback_connection() {
+        use std::io::{Read, Write};
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut c = TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        let (mut s, _) = l.accept().unwrap();
+        c.write_all(&[7u8; 5000]).unwrap();
+        let mut b = vec![0u8; 5000];
+        s.read_exact(&mut b).unwrap();
+        s.write_all(&[1u8; 300]).unwrap();
+        c.read_exact(&mut b[..300]).unwrap();
+        let (l_addr, c_addr) = (SockAddr(c.local_addr().unwrap()), SockAddr(c.peer_addr().unwrap()));
+        // Counted as the segments go and come: look until they have (bounded).
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while tcp_bytes(l_addr, c_addr) != Some((300, 5000)) || tcp_bytes(c_addr, l_addr) != Some((5000, 300)) {
+            assert!(std::time::Instant::now() < deadline, "{:?} {:?}", tcp_bytes(l_addr, c_addr), tcp_bytes(c_addr, l_addr));
+            std::thread::sleep(std::time::Duration::from_millis(5));
         }
     }
 

@@ -70,6 +70,9 @@ pub enum Reason {
     ServerSentFirst,
     /// A non-blocking write came before the server accepted.
     NotAccepted,
+    /// Decided for the fabric, then moved back to kernel TCP (the peer exec'd a program
+    /// without the shim, exited, or passed its socket on).
+    MovedToTcp,
 }
 
 impl Reason {
@@ -91,14 +94,15 @@ impl Reason {
             Reason::ConnectFailed => "connect-failed",
             Reason::ServerSentFirst => "server-sent-first",
             Reason::NotAccepted => "write-before-accept",
+            Reason::MovedToTcp => "moved-to-tcp",
         }
     }
 
     pub fn from_u8(v: u8) -> Reason {
         use Reason::*;
-        const ALL: [Reason; 16] = [None, ForcedTcp, RemoteDestination, NoShimListener, PeerNotShim,
+        const ALL: [Reason; 17] = [None, ForcedTcp, RemoteDestination, NoShimListener, PeerNotShim,
             PeerOtherUid, ClaimTimeout, Refused, ListenerUnknown, FdLimit, RegistryUnavailable, OfferFailed,
-            ClaimFailed, ConnectFailed, ServerSentFirst, NotAccepted];
+            ClaimFailed, ConnectFailed, ServerSentFirst, NotAccepted, MovedToTcp];
         ALL.get(v as usize).copied().unwrap_or(None)
     }
 }
@@ -132,6 +136,8 @@ pub use crate::layout::wait as interest;
 
 /// One direction-pair of a connection carried by a fabric.
 pub trait Stream: Send + Sync {
+    /// The fabric carrying it (its [`Fabric::name`]): what `rdmasock stat` and the log say.
+    fn fabric(&self) -> &'static str;
     // --- stream ---
     /// Copy in as much as fits, without blocking; `Ok(0)` only for empty input.
     fn enqueue(&self, bufs: &[IoSlice<'_>]) -> Result<usize, StreamError>;
@@ -256,7 +262,7 @@ mod tests {
 
     #[test]
     fn reasons_round_trip() {
-        for v in 0..14u8 {
+        for v in 0..17u8 {
             assert_eq!(Reason::from_u8(v) as u8, v);
         }
         assert_eq!(Reason::from_u8(200), Reason::None);

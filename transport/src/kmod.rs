@@ -582,6 +582,10 @@ fn runs(pos: u64, len: u64, cap: u64) -> impl Iterator<Item = (u64, u64)> {
 
 
 impl Stream for KmodStream {
+    fn fabric(&self) -> &'static str {
+        "kmod"
+    }
+
     fn enqueue(&self, bufs: &[IoSlice<'_>]) -> Result<usize, StreamError> {
         let total: usize = bufs.iter().map(|b| b.len()).sum();
         if self.flags.load(Ordering::Relaxed) & (local::WR_SHUT | local::PEER_GONE | local::ERR_RESET | local::BROKEN | local::LEFT) != 0 {

@@ -407,9 +407,32 @@ impl Registry {
         }
     }
 
+    /// Sweep (see [`sweep`](Self::sweep)) if one is due, as connections are decided and
+    /// closed: soon after a peer's end was seen (its doorbell hung up: it may have been
+    /// killed, leaving its records), else every [`SWEEP_EVERY_NS`], but never in a
+    /// process's first [`SWEEP_EVERY_NS`] (a short-lived client pays nothing).
+    pub fn sweep_if_due(&self) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let now = sys::coarse_now_ns();
+        let last = LAST_SWEEP_NS.load(Relaxed);
+        if last == 0 {
+            let _ = LAST_SWEEP_NS.compare_exchange(0, now, Relaxed, Relaxed);
+            if !PEER_END_SEEN.load(Relaxed) {
+                return;
+            }
+        }
+        let since = now.saturating_sub(last);
+        let due = since >= SWEEP_EVERY_NS || (PEER_END_SEEN.load(Relaxed) && since >= SWEEP_AFTER_END_NS);
+        if due && LAST_SWEEP_NS.compare_exchange(last, now, Relaxed, Relaxed).is_ok() {
+            PEER_END_SEEN.store(false, Relaxed);
+            self.sweep();
+        }
+    }
+
     /// Remove every record whose owner is gone (and temporaries of dead writers), in the
     /// registry and its offer directory.
     pub fn sweep(&self) -> usize {
+        LAST_SWEEP_NS.store(sys::coarse_now_ns(), std::sync::atomic::Ordering::Relaxed);
         let mut n = 0;
         for name in self.names() {
             if name == OFFERS || name == GEN {
@@ -474,6 +497,23 @@ impl Registry {
     fn names(&self) -> Vec<String> {
         names_in(&self.dir)
     }
+}
+
+/// When this process last swept (0: never asked yet).
+static LAST_SWEEP_NS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+/// A peer's end was seen since the last sweep.
+static PEER_END_SEEN: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+const SWEEP_EVERY_NS: u64 = 2_000_000_000;
+const SWEEP_AFTER_END_NS: u64 = 100_000_000;
+
+/// A fabric saw a peer's end (its doorbell hung up): its records may be left behind.
+pub fn note_peer_end() {
+    PEER_END_SEEN.store(true, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// Has a peer's end been seen since the last sweep? (a cheap look for hot paths)
+pub fn peer_end_seen() -> bool {
+    PEER_END_SEEN.load(std::sync::atomic::Ordering::Relaxed)
 }
 
 fn names_in(dir: &str) -> Vec<String> {

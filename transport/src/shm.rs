@@ -317,6 +317,10 @@ impl ShmStream {
 }
 
 impl Stream for ShmStream {
+    fn fabric(&self) -> &'static str {
+        "shm"
+    }
+
     fn enqueue(&self, bufs: &[IoSlice<'_>]) -> Result<usize, StreamError> {
         let total: usize = bufs.iter().map(|b| b.len()).sum();
         self.periodic_liveness();
@@ -589,6 +593,7 @@ impl Stream for ShmStream {
 
     fn ring_gone(&self) {
         if self.flags.fetch_or(local::PEER_GONE, Ordering::AcqRel) & local::PEER_GONE == 0 {
+            crate::registry::note_peer_end();
             self.move_to_kernel();
         }
     }

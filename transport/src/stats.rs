@@ -56,6 +56,25 @@ pub const ROLE_SERVER: u8 = 2;
 pub const PATH_SHM: u8 = 1;
 pub const PATH_TCP: u8 = 2;
 pub const PATH_PENDING: u8 = 3;
+pub const PATH_KMOD: u8 = 4;
+
+/// The slot's path byte of a connection on fabric `name` ([`crate::fabric::Stream::fabric`]).
+pub fn path_code(fabric: &str) -> u8 {
+    match fabric {
+        "kmod" => PATH_KMOD,
+        _ => PATH_SHM,
+    }
+}
+
+/// What `rdmasock stat` calls a path byte.
+pub fn path_name(code: u8) -> &'static str {
+    match code {
+        PATH_SHM => "shm",
+        PATH_KMOD => "kmod",
+        PATH_PENDING => "pending",
+        _ => "tcp",
+    }
+}
 
 pub const TABLE_LEN: usize = HEADER + SLOTS * std::mem::size_of::<Slot>();
 
@@ -93,9 +112,11 @@ impl Table {
         Ok(t)
     }
 
-    /// In a forked child (one thread): make a table of our own holding a copy of the
-    /// parent's slots.
-    pub fn fork_child(&self, reg: &Registry) {
+    /// In a forked child (one thread): make a table of our own and fill in the slots of
+    /// the connections this process holds (`keep`: slot, what to write; the parent's
+    /// slots are not copied: by now the parent may have closed and reused them). Byte
+    /// counts start from the parent's where its slot still names the same connection.
+    pub fn fork_child(&self, reg: &Registry, keep: &[(SlotId, SlotFill)]) {
         if self.own.try_lock().is_none() {
             // SAFETY: held by a parent thread that does not exist here.
             unsafe { self.own.force_unlock() };
@@ -106,17 +127,46 @@ impl Table {
         if let Some(h) = held {
             drop(h.into_fd());
         }
+        // The parent's counters, read before our table replaces the base.
+        let counts: Vec<(u64, u64)> = keep
+            .iter()
+            .map(|(id, f)| match self.slot(*id) {
+                Some(s) if s.local_port == f.local.map_or(0, |a| a.port()) && s.peer_port == f.peer.map_or(0, |a| a.port()) => {
+                    (s.bytes_in.load(Ordering::Relaxed), s.bytes_out.load(Ordering::Relaxed))
+                }
+                _ => (0, 0),
+            })
+            .collect();
         self.base.store(std::ptr::null_mut(), Ordering::Release);
         if let Ok(t) = Table::create(reg) {
             let mut tn = t.own.lock();
-            if let (Some(old), Some(new)) = (&old, &tn.1) {
-                // SAFETY: both mappings are TABLE_LEN long; copy the slots only.
-                unsafe { std::ptr::copy_nonoverlapping(old.as_ptr().add(HEADER), new.as_ptr().add(HEADER), TABLE_LEN - HEADER) };
-            }
             self.base.store(t.base.load(Ordering::Relaxed), Ordering::Release);
             *own = (tn.0.take(), tn.1.take());
+            for ((id, f), (bin, bout)) in keep.iter().zip(counts) {
+                if let Some(s) = self.slot(*id) {
+                    self.fill(s, f);
+                    s.bytes_in.store(bin, Ordering::Relaxed);
+                    s.bytes_out.store(bout, Ordering::Relaxed);
+                    s.state.store(2, Ordering::Release);
+                }
+            }
         }
         drop(old);
+    }
+
+    fn fill(&self, s: &Slot, f: &SlotFill) {
+        // SAFETY: the slot is ours (state 1, or in a child's fresh table); plain bytes.
+        unsafe {
+            let p = s as *const Slot as *mut Slot;
+            (*p).role = f.role;
+            (*p).path = f.path;
+            (*p).reason = f.reason as u8;
+            (*p).fd = f.fd;
+            (*p).local_ip = f.local.map(|a| a.ip_bytes()).unwrap_or([0; 16]);
+            (*p).local_port = f.local.map(|a| a.port()).unwrap_or(0);
+            (*p).peer_ip = f.peer.map(|a| a.ip_bytes()).unwrap_or([0; 16]);
+            (*p).peer_port = f.peer.map(|a| a.port()).unwrap_or(0);
+        }
     }
 
     /// Remove the table's record (at exit). The mapping stays: other threads may still
@@ -145,18 +195,7 @@ impl Table {
             let id = SlotId(((start + k) % SLOTS) as u32);
             let s = self.slot(id)?;
             if s.state.compare_exchange(0, 1, Ordering::Acquire, Ordering::Relaxed).is_ok() {
-                // SAFETY: state 1 makes the slot ours; fields are plain bytes.
-                unsafe {
-                    let p = s as *const Slot as *mut Slot;
-                    (*p).role = role;
-                    (*p).path = path;
-                    (*p).reason = reason as u8;
-                    (*p).fd = fd;
-                    (*p).local_ip = local.map(|a| a.ip_bytes()).unwrap_or([0; 16]);
-                    (*p).local_port = local.map(|a| a.port()).unwrap_or(0);
-                    (*p).peer_ip = peer.map(|a| a.ip_bytes()).unwrap_or([0; 16]);
-                    (*p).peer_port = peer.map(|a| a.port()).unwrap_or(0);
-                }
+                self.fill(s, &SlotFill { fd, role, path, reason, local, peer });
                 s.bytes_in.store(0, Ordering::Relaxed);
                 s.bytes_out.store(0, Ordering::Relaxed);
                 s.state.store(2, Ordering::Release);
@@ -203,22 +242,84 @@ impl Table {
     }
 }
 
-/// A connection as `rdmasock stat` shows it.
+/// What a slot says of its connection (all but the counters).
+#[derive(Debug, Clone, Copy)]
+pub struct SlotFill {
+    pub fd: i32,
+    pub role: u8,
+    pub path: u8,
+    pub reason: Reason,
+    pub local: Option<SockAddr>,
+    pub peer: Option<SockAddr>,
+}
+
+/// A connection as `rdmasock stat` shows it: one row per connection end, however many
+/// processes hold it (a socket inherited across fork is one connection).
 #[derive(Debug, Clone)]
 pub struct Row {
+    /// The first process holding it (lowest pid).
     pub pid: u32,
+    /// Every process holding it, with its fd there.
+    pub holders: Vec<(u32, i32)>,
     pub fd: i32,
     pub role: &'static str,
     pub path: &'static str,
     pub reason: &'static str,
     pub local: SockAddr,
     pub peer: SockAddr,
+    /// Bytes carried by the fabric (counted by the holders) plus those carried by kernel
+    /// TCP (the kernel's count: a connection on TCP from the start or moved back).
     pub bytes_in: u64,
     pub bytes_out: u64,
 }
 
-/// Read every live process's table (reaping dead ones).
+/// Read every live process's table (reaping dead ones): one row per connection end,
+/// with the kernel's byte counts added for those on TCP.
 pub fn read_all(reg: &Registry) -> Vec<Row> {
+    let mut rows = merge(read_slots(reg));
+    for r in &mut rows {
+        if r.path == "tcp" {
+            if let Some((i, o)) = crate::diag::tcp_bytes(r.local, r.peer) {
+                r.bytes_in += i;
+                r.bytes_out += o;
+            }
+        }
+    }
+    rows
+}
+
+/// Rows of the same connection end (same role and addresses, in several processes: a
+/// socket shared across fork) become one; its fabric counters add up (each process
+/// counted what it moved).
+fn merge(mut rows: Vec<Row>) -> Vec<Row> {
+    rows.sort_by_key(|r| (r.local.to_string(), r.peer.to_string(), r.role, r.pid));
+    let mut out: Vec<Row> = Vec::new();
+    for r in rows {
+        match out.last_mut() {
+            // Unknown addresses (zero ports) are never merged.
+            Some(l) if l.role == r.role && l.local == r.local && l.peer == r.peer && r.local.port() != 0 && r.peer.port() != 0 => {
+                l.holders.extend(r.holders);
+                l.bytes_in += r.bytes_in;
+                l.bytes_out += r.bytes_out;
+                // A holder that saw it move back to TCP knows best.
+                if r.path == "tcp" {
+                    l.path = r.path;
+                    l.reason = r.reason;
+                }
+            }
+            _ => out.push(r),
+        }
+    }
+    for r in &mut out {
+        r.holders.sort_unstable();
+        r.holders.dedup();
+        r.pid = r.holders[0].0;
+        r.fd = r.holders[0].1;
+    }
+    out
+}
+
+fn read_slots(reg: &Registry) -> Vec<Row> {
     let mut rows = Vec::new();
     for (_, fd) in reg.tables() {
         let Ok(map) = Mapping::shared_readonly(fd.as_raw_fd(), TABLE_LEN) else { continue };
@@ -241,13 +342,10 @@ pub fn read_all(reg: &Registry) -> Vec<Row> {
             }
             rows.push(Row {
                 pid,
+                holders: vec![(pid, s.fd)],
                 fd: s.fd,
                 role: if s.role == ROLE_SERVER { "server" } else { "client" },
-                path: match s.path {
-                    PATH_SHM => "shm",
-                    PATH_PENDING => "pending",
-                    _ => "tcp",
-                },
+                path: path_name(s.path),
                 reason: Reason::from_u8(s.reason).as_str(),
                 local: SockAddr::from_bytes(s.local_ip, s.local_port),
                 peer: SockAddr::from_bytes(s.peer_ip, s.peer_port),

@@ -1,5 +1,6 @@
 //! The rdmasock command: `rdmasock stat [--json]` lists the current user's live
-//! connections; `rdmasock run [--] CMD ARGS...` runs a program with the library preloaded;
+//! connections (each once, with every process holding it, its path and the bytes moved
+//! on the fabric and on kernel TCP); `rdmasock run [--] CMD ARGS...` runs a program with the library preloaded;
 //! `rdmasock bench [ARGS...]` runs the benchmark harness (`rdmasock-bench`, built by
 //! `cargo build --release -p rdmasock-bench`, found next to this executable).
 
@@ -56,9 +57,10 @@ fn stat(json: bool) {
         let items: Vec<String> = rows
             .iter()
             .map(|r| {
+                let holders: Vec<String> = r.holders.iter().map(|(p, f)| format!("{{\"pid\":{p},\"fd\":{f}}}")).collect();
                 format!(
-                    "{{\"pid\":{},\"fd\":{},\"role\":{},\"path\":{},\"reason\":{},\"local\":{},\"peer\":{},\"bytes_in\":{},\"bytes_out\":{}}}",
-                    r.pid, r.fd, json_str(r.role), json_str(r.path), json_str(r.reason),
+                    "{{\"pid\":{},\"fd\":{},\"holders\":[{}],\"role\":{},\"path\":{},\"reason\":{},\"local\":{},\"peer\":{},\"bytes_in\":{},\"bytes_out\":{}}}",
+                    r.pid, r.fd, holders.join(","), json_str(r.role), json_str(r.path), json_str(r.reason),
                     json_str(&r.local.to_string()), json_str(&r.peer.to_string()), r.bytes_in, r.bytes_out
                 )
             })
@@ -72,6 +74,10 @@ fn stat(json: bool) {
             "{:>7} {:>5} {:<6} {:<7} {:<22} {:<22} {:>14} {:>14}  {}",
             r.pid, r.fd, r.role, r.path, r.local.to_string(), r.peer.to_string(), r.bytes_in, r.bytes_out, r.reason
         );
+        // A socket shared across fork: the other processes holding it.
+        for (pid, fd) in &r.holders[1..] {
+            println!("{pid:>7} {fd:>5} (also holds the connection above)");
+        }
     }
 }
 
