@@ -274,3 +274,12 @@ fn records_of_a_killed_process_go_with_the_next_connection() {
 fn bad_buffers_and_zero_lengths_as_linux() {
     compare_c("apiedge");
 }
+
+/// Issue 21.1: a client that writes a live thread id into its segment's lock words for
+/// the server's side (which a forked server takes for its shared streams) must not stop
+/// the server serving its other clients: the side locks live where no peer can write.
+#[test]
+fn a_client_holding_segment_locks_does_not_stop_the_server() {
+    let log = compare("attack_locks.py", &[]);
+    assert!(log.contains("scribbled"), "the attacker found no segment to write:\n{log}");
+}

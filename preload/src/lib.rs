@@ -92,6 +92,7 @@ extern "C" fn fork_child() {
     state::set_owner();
     sock::forget_decisions();
     rdmasock_transport::wait::forget_thread_event();
+    rdmasock_transport::wait::locks_after_fork_child();
     if let (Some(t), Some(reg)) = (state::stats_if_any(), state::registry()) {
         // The connections this child holds (each once: dups share one Conn).
         let mut keep: Vec<_> = table::all()

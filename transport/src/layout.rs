@@ -68,11 +68,9 @@ pub struct SideCtl {
     /// The CPU the owning side last ran on, u32::MAX before it first waited (Relaxed: a
     /// hint for the spin decision only).
     pub cpu: AtomicU32,
-    /// Cross-process locks of this side's producer and consumer, used once the side is
-    /// shared by several processes (after fork): 0 free, else the holder's thread id.
-    /// Taken with compare-and-swap (Acquire), released with a Release store and a futex
-    /// wake; a holder that died is detected (its thread id no longer exists) and
-    /// replaced.
+    /// Unused, kept as 0 (version 1 layout). They held the side's cross-process locks,
+    /// which the peer could take and hold; those now live in memory only the side's own
+    /// processes map (`wait::SideLocks`).
     pub tx_lock: AtomicU32,
     pub rx_lock: AtomicU32,
     /// `side::*` bits, set by the owning side (Release); read by the peer (Acquire).

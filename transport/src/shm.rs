@@ -20,7 +20,7 @@ use crate::layout::ListenerRepr;
 use crate::registry::{Posted, Registry};
 use crate::ring::{Consumer, Corrupt, Producer};
 use crate::sys::{self, Mapping};
-use crate::wait::{hide_fd, xlock, Approach, LocalBell, SpinPolicy, XGuard};
+use crate::wait::{hide_fd, xlock, Approach, LocalBell, SideLocks, SpinPolicy, XGuard};
 use parking_lot::Mutex;
 use std::io::{self, IoSlice, IoSliceMut};
 use std::os::fd::{AsRawFd, RawFd};
@@ -76,6 +76,8 @@ pub struct ShmStream {
     /// before each use, and waits are bounded (another process may read a doorbell
     /// byte meant for us).
     shared: AtomicBool,
+    /// The cross-process locks of our side, in memory no peer maps (wait::SideLocks).
+    locks: SideLocks,
     /// Where the segment goes after a short, orderly connection.
     reuse: Option<Reuse>,
 }
@@ -93,7 +95,7 @@ enum Reuse {
 impl ShmStream {
     /// # Safety-relevant contract
     /// `map` is a validated segment of `segment_len(ring)` bytes.
-    fn new(map: Mapping, side: usize, ring: u64, sock: Fd, bells: Bells, reuse: Option<Reuse>) -> ShmStream {
+    fn new(map: Mapping, side: usize, ring: u64, sock: Fd, bells: Bells, locks: SideLocks, reuse: Option<Reuse>) -> ShmStream {
         let base = map.as_ptr();
         let hdr = base as *const SegHeader;
         let data = |d: usize| unsafe { base.add((layout::SEG_HEADER_SIZE + d as u64 * ring) as usize) };
@@ -118,6 +120,7 @@ impl ShmStream {
             last_liveness_ns: AtomicU64::new(sys::coarse_now_ns()),
             shared: AtomicBool::new(false),
             sndbuf: AtomicU32::new(0),
+            locks,
             reuse,
         }
     }
@@ -163,11 +166,11 @@ impl ShmStream {
 
     /// Exclusive production across the processes of our side (shared mode only).
     fn xl_tx(&self) -> Option<XGuard<'_>> {
-        self.is_shared().then(|| xlock(&self.me().tx_lock))
+        self.is_shared().then(|| xlock(self.locks.tx()))
     }
 
     fn xl_rx(&self) -> Option<XGuard<'_>> {
-        self.is_shared().then(|| xlock(&self.me().rx_lock))
+        self.is_shared().then(|| xlock(self.locks.rx()))
     }
 
     fn hdr(&self) -> &SegHeader {
@@ -912,6 +915,9 @@ struct ShmOffer {
     bell_tx: Mutex<Option<Fd>>,
     bell_ino: (u64, u64),
     sock: Mutex<Option<Fd>>,
+    /// The stream's side locks, made with the offer: a process forked before first use
+    /// makes its stream from this offer, and must share them with its parent.
+    locks: Mutex<Option<SideLocks>>,
 }
 
 impl ShmOffer {
@@ -1004,7 +1010,8 @@ impl Offer for ShmOffer {
         let tx = this.bell_tx.lock().take().expect("bell present");
         let sock = this.sock.lock().take().expect("socket present");
         let reuse = this.seg.lock().take().map(|(seg, ino)| Reuse::Park { seg, ino, pool: this.pool.clone() });
-        Arc::new(ShmStream::new(map, CLIENT, this.ring, sock, Bells { rx, tx, ino: this.bell_ino }, reuse))
+        let locks = this.locks.lock().take().expect("locks present");
+        Arc::new(ShmStream::new(map, CLIENT, this.ring, sock, Bells { rx, tx, ino: this.bell_ino }, locks, reuse))
     }
 }
 
@@ -1092,6 +1099,7 @@ impl Fabric for Shm {
             ring_size: self.ring,
             seg_ino,
         };
+        let locks = SideLocks::new()?;
         let record = self.reg.post_offer(sock_inode, &rec, to)?;
         Ok(Box::new(ShmOffer {
             record: Mutex::new(Some(record)),
@@ -1104,6 +1112,7 @@ impl Fabric for Shm {
             bell_tx: Mutex::new(Some(bell_tx)),
             bell_ino,
             sock: Mutex::new(Some(sock)),
+            locks: Mutex::new(Some(locks)),
         }))
     }
 
@@ -1136,6 +1145,7 @@ impl Fabric for Shm {
 /// Open and check everything an offer names, then claim it.
 fn claim_offer(rec: &layout::OfferRepr, sock: RawFd, pool: &Arc<Pool>) -> Result<Arc<dyn Stream>, Reason> {
     let fail = |_| Reason::ClaimFailed;
+    let locks = SideLocks::new().map_err(fail)?;
     let sock = crate::wait::hidden_dup(sock).map_err(fail)?;
     // The seals make the size permanent, so no access can ever fault (SIGBUS).
     let len = layout::segment_len(rec.ring_size);
@@ -1209,7 +1219,7 @@ fn claim_offer(rec: &layout::OfferRepr, sock: RawFd, pool: &Arc<Pool>) -> Result
         }
     }
     let reuse = Reuse::Keep { peer: rec.pid, ino: rec.seg_ino, pool: pool.clone() };
-    Ok(Arc::new(ShmStream::new(map, SERVER, rec.ring_size, sock, bells, Some(reuse))))
+    Ok(Arc::new(ShmStream::new(map, SERVER, rec.ring_size, sock, bells, locks, Some(reuse))))
 }
 
 /// Make a segment header ready for a new offer: identity, and every shared word as a

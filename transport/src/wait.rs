@@ -424,8 +424,108 @@ mod tests {
     }
 }
 
-/// A lock shared by the processes of one side of a connection (after fork), in the
-/// segment. The word holds the holder's thread id, with [`XLOCK_WAITERS`] set once
+/// The two cross-process locks (producer, consumer) of one side of a connection, in
+/// memory that only the processes of that side share: a shared anonymous mapping of
+/// this process's, inherited by its forked children and never mapped by a peer. A peer
+/// writes the segment, so a lock there could be taken and held by it, stopping every
+/// other connection of a server that waits on it (issue 21.1); here it cannot.
+///
+/// Pairs come from a per-process region of [`LOCK_PAIRS`] pairs. A forked child starts a
+/// region of its own for the pairs it hands out (the inherited one stays mapped for the
+/// streams it inherited; the parent may reuse a pair one of them still uses, which only
+/// makes two streams share a lock: no stream ever holds two sides' locks at once). A pair
+/// whose region is full or no longer this process's is not reused.
+pub struct SideLocks {
+    base: *const std::sync::atomic::AtomicU32,
+    pair: u32,
+    region: u64,
+}
+
+// SAFETY: the words are atomics in a mapping that is never unmapped.
+unsafe impl Send for SideLocks {}
+// SAFETY: as above.
+unsafe impl Sync for SideLocks {}
+
+const LOCK_PAIRS: u32 = 4096;
+
+struct LockRegion {
+    base: *const std::sync::atomic::AtomicU32,
+    /// Which region (bumped for each new one, and at fork).
+    id: u64,
+    owner: u32,
+    next: u32,
+    free: Vec<u32>,
+}
+
+// SAFETY: the region is only reached under its mutex; the words are atomics.
+unsafe impl Send for LockRegion {}
+
+static LOCKS: parking_lot::Mutex<Option<LockRegion>> = parking_lot::Mutex::new(None);
+static LOCK_REGION_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+impl SideLocks {
+    /// A fresh pair (both words 0). Err: no memory for a region.
+    pub fn new() -> io::Result<SideLocks> {
+        let mut g = LOCKS.lock();
+        let me = sys::pid();
+        if g.as_ref().is_some_and(|r| r.owner != me || (r.next >= LOCK_PAIRS && r.free.is_empty())) {
+            // A forked child's inherited region, or a full one: keep it mapped, use a new one.
+            *g = None;
+        }
+        if g.is_none() {
+            let len = LOCK_PAIRS as usize * 8;
+            // SAFETY: a fresh anonymous mapping, never unmapped (streams point into it).
+            let p = unsafe { libc::mmap(std::ptr::null_mut(), len, libc::PROT_READ | libc::PROT_WRITE, libc::MAP_SHARED | libc::MAP_ANONYMOUS, -1, 0) };
+            if p == libc::MAP_FAILED {
+                return Err(io::Error::last_os_error());
+            }
+            let id = LOCK_REGION_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+            *g = Some(LockRegion { base: p as *const std::sync::atomic::AtomicU32, id, owner: me, next: 0, free: Vec::new() });
+        }
+        let r = g.as_mut().expect("made above");
+        let pair = match r.free.pop() {
+            Some(p) => p,
+            None => {
+                r.next += 1;
+                r.next - 1
+            }
+        };
+        let l = SideLocks { base: r.base, pair, region: r.id };
+        l.tx().store(0, std::sync::atomic::Ordering::Relaxed);
+        l.rx().store(0, std::sync::atomic::Ordering::Relaxed);
+        Ok(l)
+    }
+
+    pub fn tx(&self) -> &std::sync::atomic::AtomicU32 {
+        // SAFETY: pair < LOCK_PAIRS; the mapping lives for the process.
+        unsafe { &*self.base.add(self.pair as usize * 2) }
+    }
+
+    pub fn rx(&self) -> &std::sync::atomic::AtomicU32 {
+        // SAFETY: as tx.
+        unsafe { &*self.base.add(self.pair as usize * 2 + 1) }
+    }
+}
+
+impl Drop for SideLocks {
+    fn drop(&mut self) {
+        let mut g = LOCKS.lock();
+        if let Some(r) = g.as_mut().filter(|r| r.id == self.region && r.owner == sys::pid()) {
+            r.free.push(self.pair);
+        }
+    }
+}
+
+/// In a forked child: the lock region's mutex may have been held by a parent thread.
+pub fn locks_after_fork_child() {
+    if LOCKS.try_lock().is_none() {
+        // SAFETY: held by a parent thread that does not exist here.
+        unsafe { LOCKS.force_unlock() };
+    }
+}
+
+/// A lock shared by the processes of one side of a connection (after fork), in a
+/// [`SideLocks`] pair. The word holds the holder's thread id, with [`XLOCK_WAITERS`] set once
 /// someone sleeps on it (Drepper's three-state mutex, with the holder's id as the
 /// "locked" state so that a dead holder can be detected and replaced).
 pub struct XGuard<'a> {
@@ -489,6 +589,30 @@ mod xlock_tests {
     use super::*;
     use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
     use std::sync::Arc;
+
+    #[test]
+    fn side_locks_are_distinct_and_shared_with_a_forked_child() {
+        let a = SideLocks::new().unwrap();
+        let b = SideLocks::new().unwrap();
+        let words = [a.tx(), a.rx(), b.tx(), b.rx()].map(|w| w as *const AtomicU32 as usize);
+        let mut sorted = words.to_vec();
+        sorted.sort_unstable();
+        sorted.dedup();
+        assert_eq!(sorted.len(), 4, "pairs overlap");
+        let g = xlock(a.tx());
+        // SAFETY: the child only reads an atomic and exits.
+        let pid = unsafe { libc::fork() };
+        if pid == 0 {
+            // The parent's hold is visible here (the mapping is shared, not copied).
+            let held = a.tx().load(Ordering::Relaxed) != 0;
+            unsafe { libc::_exit(if held { 0 } else { 1 }) };
+        }
+        let mut st = 0;
+        unsafe { libc::waitpid(pid, &mut st, 0) };
+        drop(g);
+        assert!(libc::WIFEXITED(st) && libc::WEXITSTATUS(st) == 0, "the child did not see the parent's lock");
+        assert_eq!(a.tx().load(Ordering::Relaxed), 0);
+    }
 
     #[test]
     fn excludes_and_recovers_from_a_dead_holder() {
