@@ -283,3 +283,13 @@ fn a_client_holding_segment_locks_does_not_stop_the_server() {
     let log = compare("attack_locks.py", &[]);
     assert!(log.contains("scribbled"), "the attacker found no segment to write:\n{log}");
 }
+
+/// Issue 14.5: peers that write random bytes over every shared page they map (segment
+/// header, indices, flags, wait words, ring data; the listener's mailbox) in the middle
+/// of their traffic, and a peer stopped (SIGSTOP) in the middle of a flood: the victim
+/// (one select loop) survives and keeps serving honest clients.
+#[test]
+fn peers_scribbling_on_shared_memory_or_stopped_do_not_hurt_the_server() {
+    let log = compare("attack_scribble.py", &[]);
+    assert!(log.contains("scribbled"), "the attackers found nothing to write:\n{log}");
+}

@@ -424,6 +424,46 @@ impl ListenerRepr {
 mod tests {
     use super::*;
 
+    /// Property test (issue 14.5): records a peer writes (offers in a mailbox or a file,
+    /// listener records) parse without panicking whatever their bytes, and what parses
+    /// is within the checked bounds. Random buffers, and valid records with random bytes
+    /// flipped (which reach the value checks).
+    #[test]
+    fn records_of_any_bytes_parse_or_fail_cleanly() {
+        let mut r = 0x5EED_u64;
+        let mut next = move || {
+            r = r.wrapping_add(0x9E37_79B9_7F4A_7C15);
+            let mut z = r;
+            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+            z ^ (z >> 31)
+        };
+        let offer = sample_offer().emit();
+        let listener = ListenerRepr { addr: [0; 16], port: 80, flags: 0, pid: 7, mbox_fd: 3, mbox_ino: 9 }.emit();
+        for i in 0..200_000u32 {
+            let mut b = vec![0u8; (next() % (2 * OFFER_LEN.max(LISTENER_LEN) as u64)) as usize];
+            if i % 2 == 0 {
+                b.iter_mut().for_each(|x| *x = next() as u8);
+            } else {
+                let base: &[u8] = if i % 4 == 1 { &offer } else { &listener };
+                b = base.to_vec();
+                for _ in 0..(next() % 4 + 1) {
+                    let at = (next() % b.len() as u64) as usize;
+                    b[at] = next() as u8;
+                }
+            }
+            if let Ok(rec) = OfferRecord::new_checked(&b[..]) {
+                if let Ok(o) = rec.parse() {
+                    assert!(o.pid != 0 && o.seg_fd >= 0 && ring_size_ok(o.ring_size), "{o:?}");
+                    assert!((o.client_bell_fd >= 0 && o.server_bell_fd >= 0) || (o.client_bell_fd, o.server_bell_fd) == (BELLS_KEPT, BELLS_KEPT));
+                }
+            }
+            if let Ok(rec) = ListenerRecord::new_checked(&b[..]) {
+                let _ = rec.parse();
+            }
+        }
+    }
+
     fn sample_offer() -> OfferRepr {
         OfferRepr {
             nonce: 0x1122334455667788,

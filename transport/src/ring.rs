@@ -374,6 +374,80 @@ mod tests {
         assert_eq!(p.write(&[IoSlice::new(b"0123456789")]), Err(Corrupt));
     }
 
+    /// Property test (issue 14.5): a peer that writes anything into the shared indices
+    /// and flags, at any moment, never makes a copy leave the data area, a count exceed
+    /// its buffer or the capacity, or anything panic. Deterministic seeds (SplitMix64),
+    /// so a failure names its seed; every op is checked, not only the end state.
+    #[test]
+    fn a_hostile_peer_never_moves_a_copy_out_of_bounds() {
+        fn next(s: &mut u64) -> u64 {
+            *s = s.wrapping_add(0x9E37_79B9_7F4A_7C15);
+            let mut z = *s;
+            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+            z ^ (z >> 31)
+        }
+        for seed in 0..300u64 {
+            let mut r = seed;
+            let cap = 8usize << (next(&mut r) % 10);
+            let (t, mut p, mut c) = ring(cap);
+            let lo = t.data.as_ptr() as usize;
+            let hi = lo + cap;
+            let inside = |ptr: usize, len: usize| len == 0 || (ptr >= lo && ptr + len <= hi);
+            let mut src = vec![0u8; cap * 2];
+            let mut dst = vec![0u8; cap * 2];
+            for _ in 0..2000 {
+                let v = next(&mut r);
+                // A plausible or absurd value near what is there, or anything.
+                let near = |cur: u64, v: u64| match v % 4 {
+                    0 => cur.wrapping_add(v >> 60),
+                    1 => cur.wrapping_sub(v >> 61),
+                    2 => cur.wrapping_add(cap as u64 + (v >> 62)),
+                    _ => v,
+                };
+                match v % 9 {
+                    0 => t.ctl.prod.tail.store(near(t.ctl.prod.tail.load(Ordering::Relaxed), next(&mut r)), Ordering::Relaxed),
+                    1 => t.ctl.cons.head.store(near(t.ctl.cons.head.load(Ordering::Relaxed), next(&mut r)), Ordering::Relaxed),
+                    2 => t.ctl.prod.flags.store(next(&mut r) as u32, Ordering::Relaxed),
+                    3 | 4 => {
+                        let n = (next(&mut r) as usize) % src.len();
+                        if let Ok(w) = p.write(&[IoSlice::new(&src[..n])]) {
+                            assert!(w <= n && w as u64 <= cap as u64, "seed {seed}: wrote {w} of {n}");
+                        }
+                    }
+                    5 | 6 => {
+                        let n = (next(&mut r) as usize) % dst.len();
+                        let peek = v & 1 << 20 != 0;
+                        if let Ok(got) = c.read(&mut [IoSliceMut::new(&mut dst[..n])], peek) {
+                            assert!(got <= n && got as u64 <= cap as u64, "seed {seed}: read {got} of {n}");
+                        }
+                    }
+                    7 => {
+                        if let Ok(runs) = c.data_runs() {
+                            assert!(runs.iter().all(|&(ptr, len)| inside(ptr as usize, len)), "seed {seed}: data run outside");
+                            assert!(runs.iter().map(|r| r.1).sum::<usize>() <= cap);
+                        }
+                        if let Ok(runs) = p.unconsumed_runs() {
+                            assert!(runs.iter().all(|&(ptr, len)| inside(ptr as usize, len)), "seed {seed}: unconsumed run outside");
+                        }
+                    }
+                    _ => {
+                        if let Ok(runs) = p.free_runs() {
+                            assert!(runs.iter().all(|&(ptr, len)| inside(ptr as usize, len)), "seed {seed}: free run outside");
+                            assert!(runs.iter().map(|r| r.1).sum::<usize>() <= cap);
+                        }
+                        if let Ok(u) = p.unconsumed() {
+                            assert!(u <= cap as u64, "seed {seed}: {u} unconsumed in {cap}");
+                        }
+                        let _ = c.resync();
+                        let _ = p.resync();
+                    }
+                }
+                src.iter_mut().for_each(|b| *b = b.wrapping_add(1));
+            }
+        }
+    }
+
     #[test]
     fn concurrent_stream_is_exact() {
         // One producer thread, one consumer thread, random chunk sizes, 4 MiB through a
