@@ -293,3 +293,33 @@ fn peers_scribbling_on_shared_memory_or_stopped_do_not_hurt_the_server() {
     let log = compare("attack_scribble.py", &[]);
     assert!(log.contains("scribbled"), "the attackers found nothing to write:\n{log}");
 }
+
+/// A worker that dropped privileges after its master registered the listener (nginx,
+/// apache): at most the first client waits for a claim that cannot come; the worker
+/// marks the listener's mailbox and every later client stays on TCP at once.
+#[test]
+fn a_worker_of_another_user_sends_its_clients_to_tcp_at_once() {
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("skipped: needs root (setuid to nobody)");
+        return;
+    }
+    let run = |shim: bool| {
+        let dir = tempdir();
+        let mut cmd = Command::new("timeout");
+        cmd.args(["60", "/usr/bin/python3"]).arg(script("dropped_privileges.py")).env("RDMASOCK_DIR", &dir).env_remove("LD_PRELOAD");
+        if shim {
+            cmd.env("LD_PRELOAD", library()).env("RDMASOCK_LOG", "info");
+        }
+        let out = cmd.output().unwrap();
+        let _ = std::fs::remove_dir_all(&dir);
+        assert!(out.status.success(), "shim {shim}: {}", String::from_utf8_lossy(&out.stderr));
+        (String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+    };
+    let (plain, _) = run(false);
+    let (shim, log) = run(true);
+    assert_eq!(plain, shim);
+    let connects: Vec<&str> = log.lines().filter(|l| l.contains("]: connect fd=")).collect();
+    let waited = connects.iter().filter(|l| l.contains("reason=claim-timeout")).count();
+    let at_once = connects.iter().filter(|l| l.contains("reason=peer-other-uid")).count();
+    assert!(connects.len() == 10 && waited <= 1 && at_once >= 9, "{log}");
+}

@@ -953,6 +953,11 @@ pub unsafe fn connect(fd: c_int, addr: *const sockaddr, len: socklen_t) -> c_int
             return fallback(Reason::NoShimListener);
         }
         let to = if listeners.len() == 1 { listeners.first() } else { None };
+        if to.is_some_and(|l| reg.listener_refuses_fabric(l)) {
+            // Its accepting processes run as another user (a worker that dropped
+            // privileges): an offer would only wait out the claim deadline.
+            return fallback(Reason::PeerOtherUid);
+        }
         let offer = match fab.offer(fd, to) {
             Ok(o) => o,
             Err(e) => {
@@ -1016,6 +1021,14 @@ unsafe fn on_accept(lfd: c_int, fd: c_int, flags: c_int, peer: Option<SockAddr>,
             },
             (Ok(Some(p)), Some(fab)) => {
                 fab.refuse(p.inode);
+                // A refusal needs the client's segment, which another user's process
+                // cannot map: the client would wait out its claim deadline, and so
+                // would every later one. Tell them at the listener's mailbox.
+                if let Some(reg) = state::registry_if_any() {
+                    if reg.refuse_fabric_for(p.inode) {
+                        crate::log_at!(LogLevel::Info, "accept fd={fd}: clients of uid {} offered to a listener this process (uid {}) accepts on: the listener takes no fabric connections from now", p.uid, sys::getuid());
+                    }
+                }
                 (None, Reason::PeerOtherUid)
             }
             (Ok(None), _) => (None, Reason::RemoteDestination),

@@ -308,7 +308,16 @@ pub struct MboxHeader {
     pub magic: u32,
     pub version: u32,
     pub slots: u32,
+    /// `MBOX_*` bits, set (fetch_or, Relaxed) by the listener's processes, read by
+    /// clients before they post.
+    pub flags: std::sync::atomic::AtomicU32,
 }
+
+/// [`MboxHeader::flags`]: a process accepting on this listener cannot take connections
+/// over the fabric (it runs as another user than the clients that find the listener,
+/// e.g. a server's worker after it dropped privileges): clients stay on TCP at once
+/// instead of waiting out the claim deadline, as the first of them had to.
+pub const MBOX_NO_FABRIC: u32 = 1;
 
 /// One posted offer. 128 bytes, so that clients posting at once do not share lines.
 #[repr(C, align(128))]

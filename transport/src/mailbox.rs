@@ -66,6 +66,21 @@ impl Mailbox {
         self.ino
     }
 
+    fn header(&self) -> &MboxHeader {
+        // SAFETY: the mapping starts with the header (checked size).
+        unsafe { &*(self.map.as_ptr() as *const MboxHeader) }
+    }
+
+    /// A process of the listener cannot take fabric connections: say so to clients.
+    pub fn refuse_fabric(&self) {
+        self.header().flags.fetch_or(layout::MBOX_NO_FABRIC, Ordering::Relaxed);
+    }
+
+    /// Has a process of the listener said it cannot take fabric connections?
+    pub fn refuses_fabric(&self) -> bool {
+        self.header().flags.load(Ordering::Relaxed) & layout::MBOX_NO_FABRIC != 0
+    }
+
     fn slot(&self, i: usize) -> &MboxSlot {
         // SAFETY: i < MBOX_SLOTS (every caller reduces modulo it), and the mapping was
         // checked to hold the header and every slot.

@@ -355,6 +355,27 @@ impl Registry {
         Ok(Posted::File(path))
     }
 
+    /// Does the listener say it cannot take fabric connections (its mailbox's
+    /// `MBOX_NO_FABRIC`)? Maps the mailbox if not yet mapped, as posting would.
+    pub fn listener_refuses_fabric(&self, l: &ListenerRepr) -> bool {
+        self.peer_box(l).is_some_and(|mb| mb.refuses_fabric())
+    }
+
+    /// This process accepts on one of its (inherited) listeners a client it cannot
+    /// serve over the fabric (another user's, which found the listener in the registry
+    /// it shares with the listener's registrant): mark the mailbox holding the offer,
+    /// so that later clients stay on TCP at once. Returns whether one was marked.
+    pub fn refuse_fabric_for(&self, inode: u64) -> bool {
+        let own: Vec<Arc<Mailbox>> = self.own_boxes.lock().iter().filter_map(Weak::upgrade).collect();
+        match own.iter().find(|mb| mb.find(inode).is_some()) {
+            Some(mb) => {
+                mb.refuse_fabric();
+                true
+            }
+            None => false,
+        }
+    }
+
     /// The offer made by the client socket with this inode, if there is one (the client
     /// removes it once it has decided).
     pub fn find_offer(&self, inode: u64) -> Option<OfferRepr> {
