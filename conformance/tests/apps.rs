@@ -97,7 +97,7 @@ static CASES: &[Case] = &[
     // --- 2. nginx -----------------------------------------------------------------------
     Case {
         name: "nginx",
-        tools: &[("nginx", "nginx-light"), ("curl", "curl"), ("wrk", "wrk")],
+        tools: &[("nginx", "nginx-light"), ("curl", "curl"), ("wrk", "wrk"), ("ab", "apache2-utils")],
         setup: nginx_setup,
         server: &["nginx", "-p", "{dir}/", "-c", "{dir}/nginx.conf", "-e", "stderr"],
         ready: Ready::Probe,
@@ -121,6 +121,13 @@ static CASES: &[Case] = &[
                 "wrk -c 1 -d 2s",
                 &["wrk", "-t", "1", "-c", "1", "-d", "2s", "http://{ep}/"],
                 checks::wrk,
+            )],
+            // A new connection per request, through APR's epoll pollset, which aborts
+            // if EPOLL_CTL_DEL of a connection the server ended fails (issue 14.2).
+            &[Client::new(
+                "ab -n 1000 -c 10 (a connection per request)",
+                &["ab", "-n", "1000", "-c", "10", "http://{ep}/"],
+                checks::ab,
             )],
         ],
         after: None,

@@ -154,6 +154,15 @@ pub fn wrk(_: &Ctx, f: &Finished) {
     );
 }
 
+/// ApacheBench: every request complete, none failed, no APR error.
+pub fn ab(_: &Ctx, f: &Finished) {
+    let out = output(f);
+    let field = |name: &str| out.lines().find_map(|l| l.strip_prefix(name).map(|v| v.trim().to_string()));
+    require(f, "1000 complete requests", field("Complete requests:").as_deref() == Some("1000"));
+    require(f, "no failed request", field("Failed requests:").as_deref() == Some("0"));
+    require(f, "no APR error", !out.contains("apr_"));
+}
+
 // --- memcached -----------------------------------------------------------------------
 
 /// memcaslap --verify: no failed verification, operations done, gets and sets.
