@@ -323,3 +323,10 @@ fn a_worker_of_another_user_sends_its_clients_to_tcp_at_once() {
     let at_once = connects.iter().filter(|l| l.contains("reason=peer-other-uid")).count();
     assert!(connects.len() == 10 && waited <= 1 && at_once >= 9, "{log}");
 }
+
+/// Issue 21.4: a FIFO named like a registry record makes no client block (records are
+/// opened non-blocking and must be regular files).
+#[test]
+fn a_fifo_named_like_a_record_blocks_nobody() {
+    compare("fifo_record.py", &[]);
+}

@@ -286,7 +286,7 @@ impl Registry {
         let path = || format!("{}/{}", self.dir, l.name);
         let mut fd = l.fd.lock();
         if fd.is_none() {
-            match sys::open(&path(), libc::O_RDONLY, 0) {
+            match open_record(&path()) {
                 Ok(f) => *fd = Some(crate::wait::hide_fd(f)),
                 Err(_) => return false,
             }
@@ -306,7 +306,7 @@ impl Registry {
                 continue;
             }
             let path = format!("{}/{}", self.dir, name);
-            let Ok(fd) = sys::open(&path, libc::O_RDONLY, 0) else { continue };
+            let Ok(fd) = open_record(&path) else { continue };
             if self.reap_if_dead(&path, &fd) {
                 continue;
             }
@@ -409,7 +409,7 @@ impl Registry {
                 continue;
             }
             let path = format!("{}/{}", self.dir, name);
-            if let Ok(fd) = sys::open(&path, libc::O_RDONLY, 0) {
+            if let Ok(fd) = open_record(&path) {
                 if !self.reap_if_dead(&path, &fd) {
                     out.push((name, fd));
                 }
@@ -423,7 +423,7 @@ impl Registry {
     pub fn release(&self, held: Held) {
         let Held { path, fd, .. } = held;
         drop(fd);
-        if let Ok(fd) = sys::open(&path, libc::O_RDONLY, 0) {
+        if let Ok(fd) = open_record(&path) {
             self.reap_if_dead(&path, &fd);
         }
     }
@@ -467,7 +467,7 @@ impl Registry {
                 }
             }
             let path = format!("{}/{}", self.dir, name);
-            if let Ok(fd) = sys::open(&path, libc::O_RDONLY, 0) {
+            if let Ok(fd) = open_record(&path) {
                 if self.reap_if_dead(&path, &fd) {
                     n += 1;
                 }
@@ -544,8 +544,20 @@ fn names_in(dir: &str) -> Vec<String> {
     }
 }
 
+/// Open a record to read it: never blocks (a FIFO or device put under a record's name by
+/// another process would make a plain open wait for a writer: issue 21.4), never follows
+/// a symlink, and refuses anything but a regular file.
+fn open_record(path: &str) -> io::Result<Fd> {
+    let fd = sys::open(path, libc::O_RDONLY | libc::O_NONBLOCK | libc::O_NOFOLLOW | libc::O_NOCTTY, 0)?;
+    match sys::fstat(fd.as_raw_fd()) {
+        Ok(st) if st.st_mode & libc::S_IFMT == libc::S_IFREG => Ok(fd),
+        Ok(_) => Err(io::Error::from_raw_os_error(libc::EINVAL)),
+        Err(e) => Err(e),
+    }
+}
+
 fn read_offer(path: &str) -> Option<OfferRepr> {
-    let fd = sys::open(path, libc::O_RDONLY, 0).ok()?;
+    let fd = open_record(path).ok()?;
     let mut b = [0u8; OFFER_LEN];
     sys::pread_exact(&fd, &mut b, 0).ok()?;
     OfferRecord::new_checked(&b[..]).ok()?.parse().ok()
