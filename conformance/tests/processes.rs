@@ -330,3 +330,10 @@ fn a_worker_of_another_user_sends_its_clients_to_tcp_at_once() {
 fn a_fifo_named_like_a_record_blocks_nobody() {
     compare("fifo_record.py", &[]);
 }
+
+/// Issue 21.3: truncating the registry's files (a process's connection-table record
+/// among them) kills nobody: the table lives in a sealed memfd the record only names.
+#[test]
+fn truncated_registry_files_kill_nobody() {
+    compare("truncated_records.py", &[]);
+}

@@ -394,11 +394,11 @@ impl Registry {
         self.listeners(port).iter().filter_map(|l| self.peer_box(l)).find_map(|mb| mb.find(inode))
     }
 
-    pub fn publish_table(&self, len: u64) -> io::Result<Held> {
+    /// Publish the record of this process's connection table: `bytes` name the sealed
+    /// memfd that holds it (stats.rs). The record is the table's liveness (its lock).
+    pub fn publish_table(&self, bytes: &[u8]) -> io::Result<Held> {
         let name = format!("p-{}-{:x}", sys::getpid(), sys::random_u64());
-        let held = self.publish(&name, &[])?;
-        sys::ftruncate(&held.fd, len)?;
-        Ok(held)
+        self.publish(&name, bytes)
     }
 
     /// Connection tables of live processes, as open files (for `rdmasock stat`).

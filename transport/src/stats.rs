@@ -1,8 +1,12 @@
 //! Per-process connection tables, read by `rdmasock stat`.
 //!
-//! Each shimmed process owns one registry record `p-<pid>-<nonce>`: a sparse file of
-//! fixed slots that only it writes (relaxed counters; the reader tolerates torn views of
-//! a slot being reused). Layout (drawn in docs/protocol.md):
+//! Each shimmed process owns one table of fixed slots that only it writes (relaxed
+//! counters; the reader tolerates torn views of a slot being reused), in a sealed memfd
+//! (nobody can shrink it under a mapping, so no access can fault, and it takes no room
+//! in the registry's tmpfs, which any user can fill: issue 21.3). Its registry record
+//! `p-<pid>-<nonce>` names the memfd (pid, fd, inode); `rdmasock stat` takes it from
+//! the owner (pidfd_getfd or /proc) and checks inode, size and seals before mapping it.
+//! Layout (drawn in docs/protocol.md):
 //!
 //! ```text
 //! header (64 B): magic "RDST", version u32, pid u32, slots u32
@@ -20,7 +24,32 @@ use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicPtr, AtomicU32, AtomicU64, Ordering};
 
 pub const TABLE_MAGIC: u32 = u32::from_le_bytes(*b"RDST");
-pub const TABLE_VERSION: u32 = 1;
+pub const TABLE_VERSION: u32 = 2;
+/// The record `p-<pid>-<nonce>`: magic "RDSR", version, pid, the memfd's fd, its inode.
+pub const RECORD_MAGIC: u32 = u32::from_le_bytes(*b"RDSR");
+pub const RECORD_LEN: usize = 24;
+
+fn record(pid: u32, fd: i32, ino: u64) -> [u8; RECORD_LEN] {
+    let mut b = [0u8; RECORD_LEN];
+    b[0..4].copy_from_slice(&RECORD_MAGIC.to_le_bytes());
+    b[4..8].copy_from_slice(&TABLE_VERSION.to_le_bytes());
+    b[8..12].copy_from_slice(&pid.to_le_bytes());
+    b[12..16].copy_from_slice(&fd.to_le_bytes());
+    b[16..24].copy_from_slice(&ino.to_le_bytes());
+    b
+}
+
+/// (pid, fd, inode) of a record, if it is one.
+fn parse_record(b: &[u8; RECORD_LEN]) -> Option<(u32, i32, u64)> {
+    let u32_at = |o: usize| u32::from_le_bytes(b[o..o + 4].try_into().expect("4 bytes"));
+    if u32_at(0) != RECORD_MAGIC || u32_at(4) != TABLE_VERSION {
+        return None;
+    }
+    let pid = u32_at(8);
+    let fd = u32_at(12) as i32;
+    let ino = u64::from_le_bytes(b[16..24].try_into().expect("8 bytes"));
+    (pid != 0 && fd >= 0).then_some((pid, fd, ino))
+}
 pub const SLOTS: usize = 4096;
 const HEADER: usize = 64;
 
@@ -80,8 +109,9 @@ pub const TABLE_LEN: usize = HEADER + SLOTS * std::mem::size_of::<Slot>();
 
 /// This process's table. One per process; re-created in a forked child.
 pub struct Table {
-    /// The record and its mapping; replaced only in a forked child or at exit.
-    own: parking_lot::Mutex<(Option<Held>, Option<Mapping>)>,
+    /// The record, the table's mapping and its memfd; replaced only in a forked child
+    /// or at exit.
+    own: parking_lot::Mutex<(Option<Held>, Option<Mapping>, Option<sys::Fd>)>,
     /// Where the slots are now (null: no table). Slot accesses read only this.
     base: AtomicPtr<u8>,
     next: AtomicU32,
@@ -94,11 +124,13 @@ pub struct SlotId(pub u32);
 
 impl Table {
     pub fn create(reg: &Registry) -> std::io::Result<Table> {
-        let held = reg.publish_table(TABLE_LEN as u64)?;
-        let map = Mapping::shared(held.fd().as_raw_fd(), TABLE_LEN)?;
+        let mfd = crate::wait::hide_fd(sys::sealed_memfd("rdmasock-stats", TABLE_LEN as u64)?);
+        let ino = sys::fstat(mfd.as_raw_fd())?.st_ino;
+        let map = Mapping::shared(mfd.as_raw_fd(), TABLE_LEN)?;
+        let held = reg.publish_table(&record(sys::getpid(), mfd.as_raw_fd(), ino))?;
         let t = Table {
             base: AtomicPtr::new(map.as_ptr()),
-            own: parking_lot::Mutex::new((Some(held), Some(map))),
+            own: parking_lot::Mutex::new((Some(held), Some(map), Some(mfd))),
             next: AtomicU32::new(0),
         };
         // SAFETY: the header fits in the mapping; only this process writes it.
@@ -123,6 +155,8 @@ impl Table {
         }
         let mut own = self.own.lock();
         let (held, old) = (own.0.take(), own.1.take());
+        // The parent's memfd is the parent's: our copy of its fd goes.
+        drop(own.2.take());
         // The parent's record stays the parent's: forget our copy of its lock.
         if let Some(h) = held {
             drop(h.into_fd());
@@ -141,7 +175,7 @@ impl Table {
         if let Ok(t) = Table::create(reg) {
             let mut tn = t.own.lock();
             self.base.store(t.base.load(Ordering::Relaxed), Ordering::Release);
-            *own = (tn.0.take(), tn.1.take());
+            *own = (tn.0.take(), tn.1.take(), tn.2.take());
             for ((id, f), (bin, bout)) in keep.iter().zip(counts) {
                 if let Some(s) = self.slot(*id) {
                     self.fill(s, f);
@@ -322,16 +356,15 @@ fn merge(mut rows: Vec<Row>) -> Vec<Row> {
 fn read_slots(reg: &Registry) -> Vec<Row> {
     let mut rows = Vec::new();
     for (_, fd) in reg.tables() {
-        let Ok(map) = Mapping::shared_readonly(fd.as_raw_fd(), TABLE_LEN) else { continue };
-        // SAFETY: TABLE_LEN bytes are mapped (the file was created that long; a shorter
-        // file would fail the size check below before any slot is read).
-        let st = sys::fstat(fd.as_raw_fd());
-        if st.map(|s| (s.st_size as usize) < TABLE_LEN).unwrap_or(true) {
-            continue;
-        }
+        let mut b = [0u8; RECORD_LEN];
+        let Some((owner, mfd, ino)) = sys::pread_exact(&fd, &mut b, 0).ok().and_then(|_| parse_record(&b)) else { continue };
+        // Checked: the inode the record names, the exact size, the seals (so no read can
+        // fault, whatever the owner does).
+        let Ok(map) = sys::map_peer_sealed(owner, mfd, ino, TABLE_LEN as u64) else { continue };
         let h = map.as_ptr() as *const u32;
+        // SAFETY: the mapping is TABLE_LEN bytes, at least the header.
         let (magic, version, pid) = unsafe { (h.read(), h.add(1).read(), h.add(2).read()) };
-        if magic != TABLE_MAGIC || version != TABLE_VERSION {
+        if magic != TABLE_MAGIC || version != TABLE_VERSION || pid != owner {
             continue;
         }
         for i in 0..SLOTS {
