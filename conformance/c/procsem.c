@@ -1,6 +1,7 @@
 /* Process and signal semantics on one TCP connection, printed as observations; run
  * plain and under the shim, the transcripts must be identical.
- *   procsem CASE     (signals | sockopts | dups | spawn | vfork | clone | timeouts | apiedge)
+ *   procsem CASE     (signals | sockopts | dups | spawn | vfork | clone | timeouts | apiedge |
+ *                    closewhileblocked)
  * Client and server live in this one process (listen, connect, accept). */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
@@ -255,6 +256,29 @@ static void apiedge(void) {
 	printf("recv(len 0) at the end -> %zd %s\n", r, err(r));
 }
 
+/* close(2) of a socket while another thread is blocked in recv on it: as Linux, the
+ * blocked call goes on (the socket lives until it returns) and gets what comes. */
+static void *blocked_reader(void *arg) {
+	char b[16];
+	ssize_t r = recv(*(int *)arg, b, sizeof b, 0);
+	printf("recv blocked across close -> %zd %.*s\n", r, (int)(r > 0 ? r : 0), b);
+	return NULL;
+}
+
+static void closewhileblocked(void) {
+	int fd = srv;
+	pthread_t t;
+	pthread_create(&t, NULL, blocked_reader, &fd);
+	usleep(100 * 1000); /* lets the reader block; not synchronisation */
+	printf("close -> %d\n", close(srv));
+	usleep(100 * 1000);
+	if (write(cli, "after", 5) != 5) die("write");
+	pthread_join(t, NULL);
+	char b[4];
+	ssize_t r = recv(cli, b, sizeof b, 0);
+	printf("peer reads after the reader returned -> %zd %s\n", r, err(r));
+}
+
 int main(int argc, char **argv) {
 	if (argc != 2) return 2;
 	setvbuf(stdout, NULL, _IOLBF, 0);
@@ -267,6 +291,7 @@ int main(int argc, char **argv) {
 	else if (!strcmp(argv[1], "clone")) cloned();
 	else if (!strcmp(argv[1], "timeouts")) timeouts();
 	else if (!strcmp(argv[1], "apiedge")) apiedge();
+	else if (!strcmp(argv[1], "closewhileblocked")) closewhileblocked();
 	else return 2;
 	return 0;
 }

@@ -337,3 +337,40 @@ fn a_fifo_named_like_a_record_blocks_nobody() {
 fn truncated_registry_files_kill_nobody() {
     compare("truncated_records.py", &[]);
 }
+
+/// Issue 14.5: close(2) while another thread is blocked in recv on the socket, as Linux.
+#[test]
+fn close_while_another_thread_is_blocked_in_recv() {
+    compare_c("closewhileblocked");
+}
+
+/// Issue 14.5: garbage in every RDMASOCK_* setting changes nothing the program sees
+/// (each falls back to its default; the connection still uses the fabric).
+#[test]
+fn garbage_settings_change_nothing() {
+    let run = |shim: bool| {
+        let dir = tempdir();
+        let mut cmd = Command::new("timeout");
+        cmd.args(["60", "/usr/bin/python3"]).arg(script("fork_both_write.py")).env("RDMASOCK_DIR", &dir).env_remove("LD_PRELOAD");
+        for (k, v) in [
+            ("RDMASOCK_RING_SIZE", "12345xyz"),
+            ("RDMASOCK_SPIN_US", "-7"),
+            ("RDMASOCK_CLAIM_TIMEOUT_MS", "\u{1F600}"),
+            ("RDMASOCK_TRANSPORT", "warp-drive"),
+            ("RDMASOCK_OFF", "maybe"),
+        ] {
+            cmd.env(k, v);
+        }
+        if shim {
+            cmd.env("LD_PRELOAD", library()).env("RDMASOCK_LOG", "info");
+        }
+        let out = cmd.output().unwrap();
+        let _ = std::fs::remove_dir_all(&dir);
+        assert!(out.status.success(), "shim {shim}: {}", String::from_utf8_lossy(&out.stderr));
+        (String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+    };
+    let (plain, _) = run(false);
+    let (shim, log) = run(true);
+    assert_eq!(plain, shim);
+    assert!(log.contains("path=shm"), "{log}");
+}
