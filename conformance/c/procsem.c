@@ -228,6 +228,12 @@ static void apiedge(void) {
 	printf("recv(NULL, 10, MSG_DONTWAIT), nothing there -> %zd %s\n", r, err(r));
 	r = recv(srv, b, 0, MSG_DONTWAIT);
 	printf("recv(len 0, MSG_DONTWAIT), nothing there -> %zd %s\n", r, err(r));
+	int d = dup(cli);
+	close(d);
+	r = send(d, "x", 1, MSG_NOSIGNAL);
+	printf("send on a closed dup of a connection -> %zd %s\n", r, err(r));
+	r = recv(d, b, sizeof b, MSG_DONTWAIT);
+	printf("recv on it -> %zd %s\n", r, err(r));
 	r = read(srv, b, 0);
 	printf("read(len 0), nothing there -> %zd %s\n", r, err(r));
 	if (write(cli, "data", 4) != 4) die("write");
