@@ -374,3 +374,37 @@ fn garbage_settings_change_nothing() {
     assert_eq!(plain, shim);
     assert!(log.contains("path=shm"), "{log}");
 }
+
+/// Issue 21.5: a registry under a directory another user owns (who could swap it and
+/// carry our connections over rings of theirs) is refused: connections stay on TCP
+/// (registry-unavailable), and the program sees what it sees without the shim.
+#[test]
+fn a_registry_below_another_users_directory_is_refused() {
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("skipped: needs root (a directory owned by nobody)");
+        return;
+    }
+    let parent = tempdir();
+    std::fs::set_permissions(&parent, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    // SAFETY: chown on a path we made.
+    let c = std::ffi::CString::new(parent.as_os_str().as_encoded_bytes()).unwrap();
+    assert_eq!(unsafe { libc::chown(c.as_ptr(), 65534, 65534) }, 0);
+    let reg = parent.join("reg");
+    std::fs::create_dir(&reg).unwrap();
+    std::fs::set_permissions(&reg, std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
+    let run = |shim: bool| {
+        let mut cmd = Command::new("timeout");
+        cmd.args(["60", "/usr/bin/python3"]).arg(script("fork_both_write.py")).env("RDMASOCK_DIR", &reg).env_remove("LD_PRELOAD");
+        if shim {
+            cmd.env("LD_PRELOAD", library()).env("RDMASOCK_LOG", "info");
+        }
+        let out = cmd.output().unwrap();
+        assert!(out.status.success(), "shim {shim}: {}", String::from_utf8_lossy(&out.stderr));
+        (String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+    };
+    let (plain, _) = run(false);
+    let (shim, log) = run(true);
+    let _ = std::fs::remove_dir_all(&parent);
+    assert_eq!(plain, shim);
+    assert!(!log.contains("path=shm") && log.contains("reason=registry-unavailable"), "{log}");
+}

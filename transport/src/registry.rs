@@ -147,7 +147,7 @@ impl Registry {
         }
         let st = sys::lstat(dir)?;
         let private = st.st_mode & libc::S_IFMT == libc::S_IFDIR && st.st_mode & 0o077 == 0;
-        if !private || st.st_uid != sys::getuid() {
+        if !private || st.st_uid != sys::getuid() || !ancestors_safe(dir) {
             return Err(io::Error::from_raw_os_error(libc::EPERM));
         }
         // Offers live in their own directory: they come and go with every connection,
@@ -542,6 +542,27 @@ fn names_in(dir: &str) -> Vec<String> {
         Ok(rd) => rd.filter_map(|e| e.ok()).filter_map(|e| e.file_name().into_string().ok()).collect(),
         Err(_) => Vec::new(),
     }
+}
+
+/// Can nobody but us and root replace the registry directory? Every directory above it
+/// (of its canonical path: symlinks resolved) must be owned by root or by us, and not
+/// writable by group or others unless sticky (as /tmp and /dev/shm: there only an
+/// entry's owner can rename it). Otherwise whoever owns a parent could swap the
+/// registry under us and carry our connections over rings of theirs (issue 21.5).
+fn ancestors_safe(dir: &str) -> bool {
+    let Ok(canon) = std::fs::canonicalize(dir) else { return false };
+    let me = sys::getuid();
+    canon.ancestors().skip(1).all(|a| {
+        let Some(a) = a.to_str() else { return false };
+        match sys::lstat(a) {
+            Ok(st) => {
+                st.st_mode & libc::S_IFMT == libc::S_IFDIR
+                    && (st.st_uid == 0 || st.st_uid == me)
+                    && (st.st_mode & 0o022 == 0 || st.st_mode & libc::S_ISVTX != 0)
+            }
+            Err(_) => false,
+        }
+    })
 }
 
 /// Open a record to read it: never blocks (a FIFO or device put under a record's name by
