@@ -43,13 +43,16 @@ fn json_str(s: &str) -> String {
 
 fn stat(json: bool) {
     let cfg = Config::from_env();
+    let mut registry_error = None;
     let rows = match Registry::open(&cfg.dir) {
         Ok(reg) => {
             reg.sweep();
             stats::read_all(&reg)
         }
         Err(e) => {
-            eprintln!("rdmasock: registry {}: {e}", cfg.dir);
+            let why = registry_trouble(&cfg.dir).unwrap_or_else(|| e.to_string());
+            eprintln!("rdmasock: registry {}: {why}: the fabric is off for this user's programs (their connections stay on TCP, reason registry-unavailable)", cfg.dir);
+            registry_error = Some(why);
             Vec::new()
         }
     };
@@ -65,7 +68,8 @@ fn stat(json: bool) {
                 )
             })
             .collect();
-        println!("{{\"connections\":[{}]}}", items.join(","));
+        let reg = registry_error.map_or("null".to_string(), |e| json_str(&e));
+        println!("{{\"connections\":[{}],\"registry_error\":{reg}}}", items.join(","));
         return;
     }
     println!("{:>7} {:>5} {:<6} {:<7} {:<22} {:<22} {:>14} {:>14}  reason", "pid", "fd", "role", "path", "local", "peer", "bytes_in", "bytes_out");
@@ -79,6 +83,33 @@ fn stat(json: bool) {
             println!("{pid:>7} {fd:>5} (also holds the connection above)");
         }
     }
+}
+
+/// Why the registry directory cannot be used, in words, where that is one of the
+/// checks' reasons: someone else made it (another user can pre-empt the default name,
+/// issue 21.6), it is open to others, or a directory above it is (issue 21.5).
+fn registry_trouble(dir: &str) -> Option<String> {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let me = unsafe { libc::getuid() };
+    let md = std::fs::symlink_metadata(dir).ok()?;
+    if md.file_type().is_symlink() || !md.is_dir() {
+        return Some("not a directory (a symlink or a file is in its place)".into());
+    }
+    if md.uid() != me {
+        return Some(format!("owned by uid {}, not by us (uid {me}): another user made it first", md.uid()));
+    }
+    if md.permissions().mode() & 0o077 != 0 {
+        return Some(format!("open to others (mode {:o}; it must be 0700)", md.permissions().mode() & 0o7777));
+    }
+    let canon = std::fs::canonicalize(dir).ok()?;
+    for a in canon.ancestors().skip(1) {
+        let Ok(m) = std::fs::symlink_metadata(a) else { continue };
+        let mode = m.permissions().mode();
+        if (m.uid() != 0 && m.uid() != me) || (mode & 0o022 != 0 && mode & 0o1000 == 0) {
+            return Some(format!("{} above it can be changed by another user (uid {}, mode {:o})", a.display(), m.uid(), mode & 0o7777));
+        }
+    }
+    None
 }
 
 /// The library next to this executable, unless RDMASOCK_LIB names one.
