@@ -30,10 +30,15 @@ fn library() -> PathBuf {
 /// Run `name` with `args` plain and under the shim; compare stdout; return the shim run's
 /// stderr (the shim's log).
 fn compare(name: &str, args: &[&str]) -> String {
+    compare_with(name, args, &[])
+}
+
+/// As [`compare`], with settings for both runs (RDMASOCK_* ones matter only to the shim's).
+fn compare_with(name: &str, args: &[&str], env: &[(&str, &str)]) -> String {
     let run = |shim: bool| {
         let dir = tempdir();
         let mut cmd = Command::new("timeout");
-        cmd.args(["60", "/usr/bin/python3"]).arg(script(name)).args(args).env("RDMASOCK_DIR", &dir).env_remove("LD_PRELOAD");
+        cmd.args(["60", "/usr/bin/python3"]).arg(script(name)).args(args).env("RDMASOCK_DIR", &dir).env_remove("LD_PRELOAD").envs(env.iter().copied());
         if shim {
             cmd.env("LD_PRELOAD", library()).env("RDMASOCK_LOG", "info");
         }
@@ -407,4 +412,14 @@ fn a_registry_below_another_users_directory_is_refused() {
     let _ = std::fs::remove_dir_all(&parent);
     assert_eq!(plain, shim);
     assert!(!log.contains("path=shm") && log.contains("reason=registry-unavailable"), "{log}");
+}
+
+/// Issue 21.2: a peer that leaves the ring (its LEFT flag) with megabytes of the
+/// server's bytes unread and never reads its kernel socket: the server's move back to
+/// TCP re-sends without blocking, and goes on serving its other clients (it used to sit
+/// in a blocking send). 16 MiB rings, so that more is owed than the kernel queues.
+#[test]
+fn a_peer_leaving_with_a_full_ring_does_not_stall_the_server() {
+    let log = compare_with("attack_left.py", &[], &[("RDMASOCK_RING_SIZE", "16777216")]);
+    assert!(log.contains("left"), "the attacker found no segment:\n{log}");
 }

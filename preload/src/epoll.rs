@@ -465,6 +465,13 @@ impl EpollSet {
                 }
             };
             self.ensure_bell(&mut g, &stream);
+            if stream.peer_gone() {
+                // Moving back to TCP (re-sending, or bytes left to read): the hung-up
+                // doorbell rings no more, and the kernel socket's progress wakes nothing
+                // of ours: look again within a millisecond until the kernel set takes it.
+                let soon = sys::now_ns() + 1_000_000;
+                out.wake_by_ns = Some(out.wake_by_ns.map_or(soon, |w| w.min(soon)));
+            }
             let s = &mut g.shadow[i];
             if s.fired {
                 continue;

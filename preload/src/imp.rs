@@ -222,6 +222,17 @@ fn block_on(fd: c_int, c: &Conn, s: &dyn Stream, interest: u32, flags: c_int, li
     }
     let opt = if interest == wait::DATA { libc::SO_RCVTIMEO } else { libc::SO_SNDTIMEO };
     let timeout = limit.remaining(c, fd, opt)?;
+    if interest == wait::SPACE && s.peer_gone() {
+        // The move back to TCP is re-sending what the peer never read: room comes from
+        // the kernel socket (ours: `fd`), not from the ring, whose doorbell is hung up.
+        let ms = timeout.map_or(-1, |t| t.as_millis().clamp(1, i32::MAX as u128) as i32);
+        let mut p = [libc::pollfd { fd, events: libc::POLLOUT, revents: 0 }];
+        return match sys::poll(&mut p, ms) {
+            Ok(0) => Err(libc::EAGAIN), // as Linux: a timed-out send fails with EAGAIN
+            Ok(_) => Ok(()),
+            Err(e) => Err(e.raw_os_error().unwrap_or(libc::EINTR)),
+        };
+    }
     match wait_stream(s, interest, timeout, state::policy()) {
         WaitEnd::Ready => Ok(()),
         // As Linux: a timed-out socket call fails with EAGAIN.

@@ -104,8 +104,16 @@ fn poll_fabric(fds: &mut [pollfd], timeout: Option<Duration>, sigmask: Option<&s
         for &fd in &connecting {
             kfds.push(pollfd { fd, events: libc::POLLOUT, revents: 0 });
         }
+        // A stream moving back to TCP (its doorbell hung up) is waited on as the kernel
+        // socket it is becoming: a hung-up doorbell would wake every poll at once.
+        for (i, s) in &fabric {
+            if s.peer_gone() {
+                kfds.push(pollfd { fd: fds[*i].fd, events: fds[*i].events, revents: 0 });
+            }
+        }
         let items: Vec<PollItem<'_>> = fabric
             .iter()
+            .filter(|(_, s)| !s.peer_gone())
             .map(|(i, s)| {
                 let ev = fds[*i].events;
                 let mut interest = 0;

@@ -176,6 +176,22 @@ impl Producer {
         Ok(self.raw.runs(head, self.tail - head).map(|(off, len)| (unsafe { self.raw.data.add(off) } as *const u8, len)))
     }
 
+    /// The consumer's head, freshly read and checked.
+    pub fn head_checked(&mut self) -> Result<u64, Corrupt> {
+        self.load_head()
+    }
+
+    /// The bytes from index `from` to our tail as up to two runs (what a move back to
+    /// TCP has still to re-send). `from` must not be past the tail nor more than the
+    /// capacity behind it.
+    pub fn runs_from(&self, from: u64) -> Result<[(*const u8, usize); 2], Corrupt> {
+        if from > self.tail || self.tail - from > self.raw.cap {
+            return Err(Corrupt);
+        }
+        // SAFETY: runs() stays inside the data area (length checked above).
+        Ok(self.raw.runs(from, self.tail - from).map(|(off, len)| (unsafe { self.raw.data.add(off) } as *const u8, len)))
+    }
+
     /// The free space as up to two writable runs (for sources that write straight into
     /// the ring: sendfile, splice). Commit with [`Producer::publish`].
     pub fn free_runs(&mut self) -> Result<[(*mut u8, usize); 2], Corrupt> {

@@ -46,6 +46,10 @@ mod local {
     /// We left the ring (our socket was passed on): every call is the kernel socket's,
     /// and the peer re-sends what we had not consumed.
     pub const LEFT: u32 = 128;
+    /// The move back is under way: the bytes the peer never consumed are being re-sent
+    /// (from `resend_at`), without blocking; writes wait (EAGAIN, or a wait on the
+    /// kernel socket) until they are all in the kernel socket, then MOVED is set.
+    pub const RESENDING: u32 = 256;
 }
 
 /// How often a writer that never blocks checks that its peer still exists (read on the
@@ -78,6 +82,8 @@ pub struct ShmStream {
     shared: AtomicBool,
     /// The cross-process locks of our side, in memory no peer maps (wait::SideLocks).
     locks: SideLocks,
+    /// While RESENDING: the ring index from which bytes are still to be re-sent.
+    resend_at: AtomicU64,
     /// Where the segment goes after a short, orderly connection.
     reuse: Option<Reuse>,
 }
@@ -121,6 +127,7 @@ impl ShmStream {
             shared: AtomicBool::new(false),
             sndbuf: AtomicU32::new(0),
             locks,
+            resend_at: AtomicU64::new(0),
             reuse,
         }
     }
@@ -246,7 +253,8 @@ impl ShmStream {
         }
         if f & local::PEER_GONE != 0 {
             self.move_to_kernel();
-            return Some(StreamError::Moved);
+            // The re-send is not done: nothing may go to the kernel socket before it.
+            return Some(if self.has(local::RESENDING) { StreamError::WouldBlock } else { StreamError::Moved });
         }
         None
     }
@@ -256,28 +264,91 @@ impl ShmStream {
     /// end of the TCP connection now (the peer's kernel socket after exec or fd
     /// passing; or nobody, and the kernel answers with a reset) has the whole stream.
     /// Idempotent; producers of this process and side are excluded meanwhile.
+    ///
+    /// The re-send never blocks: a peer that stops reading its kernel socket (hostile,
+    /// or a slow program it exec'd) must not stall this process's other connections
+    /// (issue 21.2). What the kernel socket does not take now stays in the ring
+    /// (RESENDING); every later write, readiness check or drop continues it, and only
+    /// when all is in the kernel socket is the move done (MOVED).
     fn move_to_kernel(&self) {
         if self.has(local::MOVED) || self.has(local::BROKEN) {
             return;
         }
-        let _x = self.xl_tx();
-        let mut tx = self.view_tx();
-        if self.has(local::MOVED) {
+        if self.has(local::RESENDING) {
+            self.continue_resend();
             return;
         }
-        // What the kernel socket says (a reset it received, it reports itself).
-        let end = KernelEnd::look(self.sock.as_raw_fd());
-        if end.fin_only && tx.unconsumed().unwrap_or(0) > 0 {
-            self.flags.fetch_or(local::ERR_RESET, Ordering::AcqRel);
-        }
-        if let (true, Ok(runs)) = (end.alive, tx.unconsumed_runs()) {
-            for (ptr, len) in runs {
-                // SAFETY: the runs lie in the ring, mapped while we hold the stream.
-                if len > 0 && !unsafe { sys::send_all(self.sock.as_raw_fd(), ptr, len) } {
-                    break;
+        {
+            let _x = self.xl_tx();
+            let mut tx = self.view_tx();
+            if self.has(local::MOVED | local::RESENDING) {
+                return;
+            }
+            // What the kernel socket says (a reset it received, it reports itself).
+            let end = KernelEnd::look(self.sock.as_raw_fd());
+            if end.fin_only && tx.unconsumed().unwrap_or(0) > 0 {
+                self.flags.fetch_or(local::ERR_RESET, Ordering::AcqRel);
+            }
+            match tx.head_checked() {
+                Ok(head) if end.alive && head < tx.tail() => {
+                    self.resend_at.store(head, Ordering::Relaxed);
+                    self.flags.fetch_or(local::RESENDING, Ordering::AcqRel);
+                }
+                _ => {
+                    self.finish_move();
+                    return;
                 }
             }
         }
+        self.continue_resend();
+    }
+
+    /// Re-send, without blocking, what the move back still owes the kernel socket;
+    /// finish the move once all of it is there. True when the move is done.
+    fn continue_resend(&self) -> bool {
+        let _x = self.xl_tx();
+        let tx = self.view_tx();
+        if !self.has(local::RESENDING) {
+            return self.has(local::MOVED);
+        }
+        let mut at = self.resend_at.load(Ordering::Relaxed);
+        let sock = self.sock.as_raw_fd();
+        match tx.runs_from(at) {
+            Ok(runs) => {
+                'runs: for (mut ptr, mut len) in runs {
+                    while len > 0 {
+                        // SAFETY: the runs lie in the ring, mapped while we hold the stream.
+                        match unsafe { sys::send_raw(sock, ptr, len, libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL) } {
+                            Ok(n) => {
+                                at += n as u64;
+                                len -= n;
+                                // SAFETY: n <= len, inside the run.
+                                ptr = unsafe { ptr.add(n) };
+                            }
+                            Err(e) if e.raw_os_error() == Some(libc::EINTR) => {}
+                            Err(e) if e.raw_os_error() == Some(libc::EAGAIN) => break 'runs,
+                            // The socket failed: the kernel reports it to the next call.
+                            Err(_) => {
+                                at = tx.tail();
+                                break 'runs;
+                            }
+                        }
+                    }
+                }
+            }
+            Err(_) => at = tx.tail(),
+        }
+        self.resend_at.store(at, Ordering::Relaxed);
+        if at < tx.tail() {
+            return false;
+        }
+        self.flags.fetch_and(!local::RESENDING, Ordering::AcqRel);
+        self.finish_move();
+        true
+    }
+
+    /// The last step of the move back, under the transmit locks.
+    fn finish_move(&self) {
         if self.has(local::WR_SHUT) {
             // Our half-close lived in the ring: give it to the kernel socket too.
             sys::shutdown_write(self.sock.as_raw_fd());
@@ -285,7 +356,43 @@ impl ShmStream {
         // Set under the transmit lock: a writer that takes it after us sees MOVED and
         // writes to the kernel socket, after the re-sent bytes.
         self.flags.fetch_or(local::MOVED, Ordering::AcqRel);
-        drop(tx);
+    }
+
+    /// At drop, with the re-send unfinished: a thread of ours finishes it (a copy of
+    /// the bytes, a dup of the socket), as the kernel goes on sending what a closed
+    /// socket had queued; the closing call does not wait for a peer that is not reading.
+    fn hand_off_resend(&mut self) {
+        let at = self.resend_at.load(Ordering::Relaxed);
+        let tx = self.tx.get_mut();
+        let mut bytes = Vec::new();
+        if let Ok(runs) = tx.runs_from(at) {
+            for (ptr, len) in runs {
+                // SAFETY: the runs lie in the ring, still mapped.
+                bytes.extend_from_slice(unsafe { std::slice::from_raw_parts(ptr, len) });
+            }
+        }
+        let shut = self.has(local::WR_SHUT);
+        let Ok(sock) = crate::wait::hidden_dup(self.sock.as_raw_fd()) else { return };
+        let work = move || {
+            // SAFETY: bytes lives in this closure.
+            unsafe { sys::send_all(sock.as_raw_fd(), bytes.as_ptr(), bytes.len()) };
+            if shut {
+                sys::shutdown_write(sock.as_raw_fd());
+            }
+        };
+        let work = std::sync::Arc::new(parking_lot::Mutex::new(Some(work)));
+        let w2 = work.clone();
+        let spawned = std::thread::Builder::new().name("rdmasock-resend".into()).spawn(move || {
+            if let Some(f) = w2.lock().take() {
+                f();
+            }
+        });
+        if spawned.is_err() {
+            // No thread to be had: send here.
+            if let Some(f) = work.lock().take() {
+                f();
+            }
+        }
     }
 
     fn periodic_liveness(&self) {
@@ -338,6 +445,9 @@ impl Stream for ShmStream {
         let n = {
             let _x = self.xl_tx();
             let mut tx = self.view_tx();
+            if self.has(local::RESENDING) {
+                return Err(StreamError::WouldBlock);
+            }
             if self.has(local::MOVED | local::LEFT) {
                 return Err(StreamError::Moved);
             }
@@ -364,6 +474,9 @@ impl Stream for ShmStream {
         let _x = self.xl_tx();
         let runs = {
             let mut tx = self.view_tx();
+            if self.has(local::RESENDING) {
+                return Err(StreamError::WouldBlock);
+            }
             if self.has(local::MOVED | local::LEFT) {
                 return Err(StreamError::Moved);
             }
@@ -500,11 +613,16 @@ impl Stream for ShmStream {
         // asks the kernel socket instead (`moved`).
         let rcv_shut = f & local::RD_SHUT != 0 || peer_wr_shut || f & local::BROKEN != 0;
         let snd_shut = f & (local::WR_SHUT | local::BROKEN) != 0;
+        let mut kernel_out = false;
         if f & local::PEER_GONE != 0 {
+            if f & local::RESENDING != 0 {
+                self.continue_resend();
+            }
             // Bytes are left in the ring, but the end of the stream is the kernel
             // socket's now: its FIN or reset shows as Linux shows them.
             let mut p = [libc::pollfd { fd: self.sock.as_raw_fd(), events: libc::POLLIN | libc::POLLOUT | libc::POLLRDHUP, revents: 0 }];
             if sys::poll(&mut p, 0).is_ok() {
+                kernel_out = p[0].revents & libc::POLLOUT != 0;
                 ev |= p[0].revents & (libc::POLLRDHUP | libc::POLLHUP | libc::POLLERR);
                 if p[0].revents & (libc::POLLRDHUP | libc::POLLHUP | libc::POLLERR) != 0 {
                     ev |= libc::POLLIN | libc::POLLRDNORM;
@@ -520,7 +638,10 @@ impl Stream for ShmStream {
         if !matches!(avail, Ok(0)) {
             ev |= libc::POLLIN | libc::POLLRDNORM;
         }
-        if snd_shut || f & local::PEER_GONE != 0 || self.has_space() {
+        // While the re-send of a move back is unfinished, writable is the kernel
+        // socket's word (a write then continues the re-send).
+        let resending = self.has(local::RESENDING);
+        if snd_shut || (f & local::PEER_GONE != 0 && (!resending || kernel_out)) || (f & local::PEER_GONE == 0 && self.has_space()) {
             ev |= libc::POLLOUT | libc::POLLWRNORM;
         }
         if f & local::ERR_RESET != 0 {
@@ -668,6 +789,9 @@ impl Drop for ShmStream {
     /// A side shared with other processes (after fork) may be closed here while another
     /// process goes on reading: there the socket closes as it is.
     fn drop(&mut self) {
+        if self.has(local::RESENDING) && !self.continue_resend() {
+            self.hand_off_resend();
+        }
         // SAFETY: taken once, here; nothing uses them afterwards.
         let (sock, rx, tx) = unsafe { (ManuallyDrop::take(&mut self.sock), ManuallyDrop::take(&mut self.bell_rx), ManuallyDrop::take(&mut self.bell_tx)) };
         if self.is_shared() {
