@@ -9,52 +9,11 @@
 # peer sits stopped (SIGSTOP) in the middle of a flood, honest clients connect one after
 # another: each must be echoed, and the victim must still be alive.
 # Says "scribbled N" on stderr when it found shared mappings to write.
-import os, random, select, signal, socket, sys, time
+import os, random, signal, socket, sys, time
 
-l = socket.socket()
-l.bind(("127.0.0.1", 0))
-l.listen(64)
-port = l.getsockname()[1]
+import victim
 
-server = os.fork()
-if server == 0:
-    conns = []
-    deadline = time.time() + 50
-    while time.time() < deadline:
-        r, _, _ = select.select([l] + conns, [], [], 0.5)
-        for s in r:
-            if s is l:
-                c, _ = l.accept()
-                c.setblocking(False)
-                conns.append(c)
-                continue
-            try:
-                d = s.recv(65536)
-            except BlockingIOError:
-                continue
-            except ConnectionError:
-                d = b""
-            if not d:
-                conns.remove(s)
-                s.close()
-                continue
-            try:
-                s.send(d)  # what fits; an echo server may drop the rest of a hostile peer's
-            except (BlockingIOError, ConnectionError):
-                pass
-    os._exit(0)
-l.close()
-
-
-def shared_maps():
-    out = []
-    with open("/proc/self/maps") as maps:
-        for line in maps:
-            name = line.rstrip().split(" ", 5)[-1].strip()
-            if name.startswith("/memfd:rdmasock"):
-                lo, hi = (int(x, 16) for x in line.split()[0].split("-"))
-                out.append((lo, hi))
-    return out
+port, server = victim.start(seconds=50)
 
 
 def attacker(seed):
@@ -69,7 +28,7 @@ def attacker(seed):
     writes = 0
     with open("/proc/self/mem", "r+b", buffering=0) as mem:
         for round in range(40):
-            for lo, hi in shared_maps():
+            for _, lo, hi in victim.shim_segments():
                 for _ in range(8):
                     # Mostly the first page (header, indices, flags, mailbox slots).
                     span = min(hi - lo, 4096 if rnd.random() < 0.8 else hi - lo)
@@ -116,20 +75,9 @@ if stopped == 0:
 time.sleep(0.3)
 os.kill(stopped, signal.SIGSTOP)
 
-served = 0
-for i in range(20):
-    c = socket.create_connection(("127.0.0.1", port))
-    c.settimeout(1)
-    c.sendall(b"honest %d" % i)
-    try:
-        ok = c.recv(64) == b"honest %d" % i
-    except (socket.timeout, ConnectionError):
-        ok = False
-    served += ok
-    c.close()
+served = victim.honest(port)
 alive = os.waitpid(server, os.WNOHANG) == (0, 0)
 os.kill(stopped, signal.SIGKILL)
 os.waitpid(stopped, 0)
 print("honest clients served within 1 s: %d of 20; victim alive: %s" % (served, alive))
-os.kill(server, signal.SIGKILL)
-os.waitpid(server, 0)
+victim.stop(server)

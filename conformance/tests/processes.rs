@@ -35,6 +35,14 @@ fn compare(name: &str, args: &[&str]) -> String {
 
 /// As [`compare`], with settings for both runs (RDMASOCK_* ones matter only to the shim's).
 fn compare_with(name: &str, args: &[&str], env: &[(&str, &str)]) -> String {
+    let log = observe(name, args, env);
+    assert!(log.contains("path=shm"), "{name}: no fabric connection was made:\n{log}");
+    log
+}
+
+/// Run `name` plain and under the shim (RDMASOCK_LOG=info) with settings `env` (which may
+/// name the RDMASOCK_DIR); the two runs must print the same. Returns the shim's log.
+fn observe(name: &str, args: &[&str], env: &[(&str, &str)]) -> String {
     let run = |shim: bool| {
         let dir = tempdir();
         let mut cmd = Command::new("timeout");
@@ -50,7 +58,6 @@ fn compare_with(name: &str, args: &[&str], env: &[(&str, &str)]) -> String {
     let (plain, _) = run(false);
     let (shim, log) = run(true);
     assert_eq!(plain, shim, "{name}: the shim changed what the program observed");
-    assert!(log.contains("path=shm"), "{name}: no fabric connection was made:\n{log}");
     log
 }
 
@@ -308,21 +315,7 @@ fn a_worker_of_another_user_sends_its_clients_to_tcp_at_once() {
         eprintln!("skipped: needs root (setuid to nobody)");
         return;
     }
-    let run = |shim: bool| {
-        let dir = tempdir();
-        let mut cmd = Command::new("timeout");
-        cmd.args(["60", "/usr/bin/python3"]).arg(script("dropped_privileges.py")).env("RDMASOCK_DIR", &dir).env_remove("LD_PRELOAD");
-        if shim {
-            cmd.env("LD_PRELOAD", library()).env("RDMASOCK_LOG", "info");
-        }
-        let out = cmd.output().unwrap();
-        let _ = std::fs::remove_dir_all(&dir);
-        assert!(out.status.success(), "shim {shim}: {}", String::from_utf8_lossy(&out.stderr));
-        (String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
-    };
-    let (plain, _) = run(false);
-    let (shim, log) = run(true);
-    assert_eq!(plain, shim);
+    let log = observe("dropped_privileges.py", &[], &[]);
     let connects: Vec<&str> = log.lines().filter(|l| l.contains("]: connect fd=")).collect();
     let waited = connects.iter().filter(|l| l.contains("reason=claim-timeout")).count();
     let at_once = connects.iter().filter(|l| l.contains("reason=peer-other-uid")).count();
@@ -353,31 +346,17 @@ fn close_while_another_thread_is_blocked_in_recv() {
 /// (each falls back to its default; the connection still uses the fabric).
 #[test]
 fn garbage_settings_change_nothing() {
-    let run = |shim: bool| {
-        let dir = tempdir();
-        let mut cmd = Command::new("timeout");
-        cmd.args(["60", "/usr/bin/python3"]).arg(script("fork_both_write.py")).env("RDMASOCK_DIR", &dir).env_remove("LD_PRELOAD");
-        for (k, v) in [
+    compare_with(
+        "fork_both_write.py",
+        &[],
+        &[
             ("RDMASOCK_RING_SIZE", "12345xyz"),
             ("RDMASOCK_SPIN_US", "-7"),
             ("RDMASOCK_CLAIM_TIMEOUT_MS", "\u{1F600}"),
             ("RDMASOCK_TRANSPORT", "warp-drive"),
             ("RDMASOCK_OFF", "maybe"),
-        ] {
-            cmd.env(k, v);
-        }
-        if shim {
-            cmd.env("LD_PRELOAD", library()).env("RDMASOCK_LOG", "info");
-        }
-        let out = cmd.output().unwrap();
-        let _ = std::fs::remove_dir_all(&dir);
-        assert!(out.status.success(), "shim {shim}: {}", String::from_utf8_lossy(&out.stderr));
-        (String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
-    };
-    let (plain, _) = run(false);
-    let (shim, log) = run(true);
-    assert_eq!(plain, shim);
-    assert!(log.contains("path=shm"), "{log}");
+        ],
+    );
 }
 
 /// Issue 21.5: a registry under a directory another user owns (who could swap it and
@@ -397,20 +376,8 @@ fn a_registry_below_another_users_directory_is_refused() {
     let reg = parent.join("reg");
     std::fs::create_dir(&reg).unwrap();
     std::fs::set_permissions(&reg, std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
-    let run = |shim: bool| {
-        let mut cmd = Command::new("timeout");
-        cmd.args(["60", "/usr/bin/python3"]).arg(script("fork_both_write.py")).env("RDMASOCK_DIR", &reg).env_remove("LD_PRELOAD");
-        if shim {
-            cmd.env("LD_PRELOAD", library()).env("RDMASOCK_LOG", "info");
-        }
-        let out = cmd.output().unwrap();
-        assert!(out.status.success(), "shim {shim}: {}", String::from_utf8_lossy(&out.stderr));
-        (String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
-    };
-    let (plain, _) = run(false);
-    let (shim, log) = run(true);
+    let log = observe("fork_both_write.py", &[], &[("RDMASOCK_DIR", reg.to_str().unwrap())]);
     let _ = std::fs::remove_dir_all(&parent);
-    assert_eq!(plain, shim);
     assert!(!log.contains("path=shm") && log.contains("reason=registry-unavailable"), "{log}");
 }
 

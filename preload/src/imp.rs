@@ -375,22 +375,32 @@ impl<T> Bufs<T> {
     }
 }
 
+/// The application's iovec array, checked: a count Linux accepts, the array and every
+/// buffer user memory (else EFAULT for the array, [`BAD_BUF`] for a buffer).
+///
 /// # Safety
-/// `iov` must point to `cnt` valid iovecs (IoSliceMut is ABI-compatible with iovec).
-unsafe fn iov_mut<'a>(iov: *const iovec, cnt: c_int) -> Result<Bufs<IoSliceMut<'a>>, i32> {
+/// `iov` must point to `cnt` iovecs if the range checks pass.
+unsafe fn iovecs<'a>(iov: *const iovec, cnt: c_int) -> Result<&'a [iovec], i32> {
     if cnt < 0 || cnt > libc::UIO_MAXIOV {
         return Err(libc::EINVAL);
     }
     if cnt == 0 {
-        return Ok(Bufs::Many(Vec::new()));
+        return Ok(&[]);
     }
     if !user_range(iov as usize, cnt as usize * std::mem::size_of::<iovec>()) {
         return Err(libc::EFAULT);
     }
-    let s = std::slice::from_raw_parts(iov as *const iovec, cnt as usize);
+    let s = std::slice::from_raw_parts(iov, cnt as usize);
     if s.iter().any(|b| !user_range(b.iov_base as usize, b.iov_len)) {
         return Err(BAD_BUF);
     }
+    Ok(s)
+}
+
+/// # Safety
+/// As [`iovecs`]; the buffers must be writable.
+unsafe fn iov_mut<'a>(iov: *const iovec, cnt: c_int) -> Result<Bufs<IoSliceMut<'a>>, i32> {
+    let s = iovecs(iov, cnt)?;
     Ok(Bufs::Many(
         s.iter()
             .map(|b| IoSliceMut::new(if b.iov_len == 0 { &mut [] } else { std::slice::from_raw_parts_mut(b.iov_base as *mut u8, b.iov_len) }))
@@ -399,21 +409,9 @@ unsafe fn iov_mut<'a>(iov: *const iovec, cnt: c_int) -> Result<Bufs<IoSliceMut<'
 }
 
 /// # Safety
-/// As [`iov_mut`].
+/// As [`iovecs`].
 unsafe fn iov<'a>(iov: *const iovec, cnt: c_int) -> Result<Bufs<IoSlice<'a>>, i32> {
-    if cnt < 0 || cnt > libc::UIO_MAXIOV {
-        return Err(libc::EINVAL);
-    }
-    if cnt == 0 {
-        return Ok(Bufs::Many(Vec::new()));
-    }
-    if !user_range(iov as usize, cnt as usize * std::mem::size_of::<iovec>()) {
-        return Err(libc::EFAULT);
-    }
-    let s = std::slice::from_raw_parts(iov as *const iovec, cnt as usize);
-    if s.iter().any(|b| !user_range(b.iov_base as usize, b.iov_len)) {
-        return Err(BAD_BUF);
-    }
+    let s = iovecs(iov, cnt)?;
     Ok(Bufs::Many(
         s.iter().map(|b| IoSlice::new(if b.iov_len == 0 { &[] } else { std::slice::from_raw_parts(b.iov_base as *const u8, b.iov_len) })).collect(),
     ))
