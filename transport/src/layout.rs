@@ -132,13 +132,20 @@ pub struct SegHeader {
     /// The client's and the server's pid (informational).
     pub client_pid: AtomicU32,
     pub server_pid: AtomicU32,
-    pub _reserved: [u32; 23],
+    /// With an offer that reuses the last connection's doorbells (`BELLS_KEPT`): the
+    /// client's fds of its ends (its doorbell's read end, the server's doorbell's write
+    /// end), -1 otherwise. A server that no longer keeps its ends (it evicted them after
+    /// the client looked) opens new ones from these through /proc, checked by the inodes
+    /// of the record, instead of refusing. Written by the client before posting.
+    pub kept_fds: [std::sync::atomic::AtomicI32; 2],
+    pub _reserved: [u32; 21],
     pub sides: [SideCtl; 2],
     pub dirs: [DirCtl; 2],
 }
 
 const _: () = {
     assert!(offset_of!(SegHeader, state) == 24);
+    assert!(offset_of!(SegHeader, kept_fds) == 36);
     assert!(offset_of!(SegHeader, sides) == 128);
     assert!(size_of::<SideCtl>() == 128);
     assert!(offset_of!(SideCtl, flags) == 16);

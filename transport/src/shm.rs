@@ -1201,7 +1201,13 @@ impl Fabric for Shm {
         // nobody else touches it until the offer is posted.
         unsafe { reset_header(map.as_ptr() as *mut SegHeader, nonce, self.ring, pid, sys::current_cpu()) };
         let (bell_rx, bell_tx, lent, (client_bell_fd, server_bell_fd), bell_ino) = match kept {
-            Some(b) => (b.rx, b.tx, Vec::new(), (layout::BELLS_KEPT, layout::BELLS_KEPT), b.ino),
+            Some(b) => {
+                // SAFETY: the header of our own mapping, not yet offered.
+                let h = unsafe { &*(map.as_ptr() as *const SegHeader) };
+                h.kept_fds[0].store(b.rx.as_raw_fd(), Ordering::Relaxed);
+                h.kept_fds[1].store(b.tx.as_raw_fd(), Ordering::Relaxed);
+                (b.rx, b.tx, Vec::new(), (layout::BELLS_KEPT, layout::BELLS_KEPT), b.ino)
+            }
             None => {
                 let (c_r, c_w) = sys::doorbell_pipe()?;
                 let (s_r, s_w) = sys::doorbell_pipe()?;
@@ -1314,7 +1320,24 @@ fn claim_offer(rec: &layout::OfferRepr, sock: RawFd, pool: &Arc<Pool>) -> Result
         // left in our pipe costs one spurious wake-up.
         match kept_bells {
             Some(b) if b.ino == bell_ino => b,
-            _ => return Err(refuse(Reason::ClaimFailed)),
+            // Evicted since the client looked (a burst of closes: our shelf is short):
+            // new ends of the same pipes, from the client's through /proc (a pidfd_getfd
+            // would give its very ends, of the wrong direction), checked by inode.
+            _ => {
+                let reopen = |fd: i32, ino: u64, flags: i32| -> Result<Fd, Reason> {
+                    let f = sys::open(&format!("/proc/{}/fd/{fd}", rec.pid), flags | libc::O_NONBLOCK, 0).map_err(fail)?;
+                    let st = sys::fstat(f.as_raw_fd()).map_err(fail)?;
+                    if st.st_mode & libc::S_IFMT != libc::S_IFIFO || st.st_ino != ino {
+                        return Err(Reason::ClaimFailed);
+                    }
+                    sys::fcntl(f.as_raw_fd(), libc::F_SETFL, (flags & libc::O_NONBLOCK) as libc::c_long).map_err(fail)?;
+                    Ok(f)
+                };
+                let (crx, ctx) = (hdr.kept_fds[0].load(Ordering::Relaxed), hdr.kept_fds[1].load(Ordering::Relaxed));
+                let tx = reopen(crx, rec.client_bell_ino, libc::O_WRONLY | libc::O_NONBLOCK).map_err(refuse)?;
+                let rx = reopen(ctx, rec.server_bell_ino, libc::O_RDONLY).map_err(refuse)?;
+                Bells { rx: hide_fd(rx), tx: hide_fd(tx), ino: bell_ino }
+            }
         }
     } else {
         let tx = open_fifo(rec.client_bell_fd, rec.client_bell_ino, libc::O_WRONLY | libc::O_NONBLOCK).map_err(refuse)?;
@@ -1359,6 +1382,9 @@ unsafe fn reset_header(h: *mut SegHeader, nonce: u64, ring: u64, pid: u32, cpu: 
     let h = &*h;
     h.client_pid.store(pid, Ordering::Relaxed);
     h.server_pid.store(0, Ordering::Relaxed);
+    for f in &h.kept_fds {
+        f.store(-1, Ordering::Relaxed);
+    }
     for s in &h.sides {
         s.wait.store(0, Ordering::Relaxed);
         s.cpu.store(u32::MAX, Ordering::Relaxed);
@@ -1446,7 +1472,8 @@ mod tests {
     /// next one: the record names them as kept, and no pipe is made. A clean close then
     /// reaches the peer through LEFT (the connection moves to the kernel socket and reads
     /// its EOF, as after a hang-up). Ends whose other side went are not used again, and a
-    /// server that no longer has the kept ends refuses at once.
+    /// server that no longer has the kept ends (evicted after the client looked) opens
+    /// new ends of the same pipes instead of refusing.
     #[test]
     fn doorbells_are_used_again() {
         let (dir, reg, shm, l) = setup();
@@ -1470,10 +1497,14 @@ mod tests {
                 first = Some(rec);
             }
             if round == 4 {
-                // The server lost its ends (as by eviction) after the client looked.
+                // The server lost its ends (as by eviction) after the client looked: it
+                // opens new ends of the same pipes (the header names the client's), and
+                // the connection is carried as any other.
                 shm.pool.kept.forget_others(0);
-                assert_eq!(shm.claim(inode, s.as_raw_fd()).err(), Some(Reason::ClaimFailed));
-                assert_eq!(offer.decision(Duration::ZERO), Some(false), "refused, not left to time out");
+                let server = shm.claim(inode, s.as_raw_fd()).expect("claimed through new ends of the kept pipes");
+                assert_eq!(offer.decision(Duration::from_secs(5)), Some(true));
+                let client = offer.into_stream();
+                exchange(&*client, &*server, "round 4, the server's ends evicted");
                 break;
             }
             let server = shm.claim(inode, s.as_raw_fd()).unwrap();
