@@ -204,12 +204,17 @@ impl EpollSet {
                 }
             }
         };
-        for e in &evs[..n] {
+        self.on_waker_events(&evs[..n]);
+        Ok(())
+    }
+
+    /// The doorbells among what the waker reported.
+    fn on_waker_events(&self, evs: &[epoll_event]) {
+        for e in evs {
             if e.u64 != KERNEL_SET {
                 self.on_bell(e.u64 as u32 as c_int, e.events);
             }
         }
-        Ok(())
     }
 
     /// Handle the doorbells that rang without blocking (a poll/select waiter woke on the
@@ -220,11 +225,7 @@ impl EpollSet {
             loop {
                 // SAFETY: evs is ours.
                 let n = unsafe { (real().epoll_wait)(w.fd.raw(), evs.as_mut_ptr(), evs.len() as c_int, 0) };
-                for e in &evs[..n.max(0) as usize] {
-                    if e.u64 != KERNEL_SET {
-                        self.on_bell(e.u64 as u32 as c_int, e.events);
-                    }
-                }
+                self.on_waker_events(&evs[..n.max(0) as usize]);
                 if n < evs.len() as c_int {
                     break;
                 }
@@ -436,9 +437,7 @@ impl EpollSet {
                     if unsafe { (real().epoll_ctl)(epfd, libc::EPOLL_CTL_ADD, fd, &mut ev) } == 0 {
                         g.kernel.insert(fd, (events, data));
                     }
-                    if matches!(c.decided.get(), Some(Some(_))) {
-                        c.note_moved();
-                    }
+                    c.note_moved();
                     DATA.set(fd, false);
                     gone.push(i);
                     continue;
@@ -508,12 +507,14 @@ impl EpollSet {
                 out.nested.push(inner);
             }
         }
-        let dead: Vec<c_int> = g.bells.iter().filter(|(_, w)| w.strong_count() == 0).map(|(&b, _)| b).collect();
-        for b in dead {
-            // A doorbell kept for a later connection stays open: stop watching it here.
-            self.unwatch(b);
-            g.bells.remove(&b);
-        }
+        g.bells.retain(|&b, w| {
+            let live = w.strong_count() > 0;
+            if !live {
+                // A doorbell kept for a later connection stays open: stop watching it.
+                self.unwatch(b);
+            }
+            live
+        });
         gone.sort_unstable();
         for i in gone.into_iter().rev() {
             g.shadow.swap_remove(i);

@@ -122,9 +122,7 @@ fn managed_for(fd: c_int, flags: c_int, write: bool) -> Result<Option<Arc<Conn>>
     };
     if !on_fabric {
         // On kernel TCP (from the start, or moved back): straight to libc from now.
-        if matches!(c.decided.get(), Some(Some(_))) {
-            c.note_moved();
-        }
+        c.note_moved();
         DATA.set(fd, false);
         return Ok(None);
     }

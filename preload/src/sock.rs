@@ -453,10 +453,11 @@ impl Conn {
         }
     }
 
-    /// The connection was found moved back to kernel TCP (its stream says `moved`): from
-    /// now the kernel carries and counts its bytes; `rdmasock stat` says so. Once.
+    /// The connection is found on kernel TCP: if it was decided for a fabric (its stream
+    /// says `moved`), from now the kernel carries and counts its bytes, and `rdmasock
+    /// stat` says so. Once.
     pub fn note_moved(&self) {
-        if self.path.load(Ordering::Relaxed) != PATH_TCP {
+        if matches!(self.decided.get(), Some(Some(_))) && self.path.load(Ordering::Relaxed) != PATH_TCP {
             self.set_path(PATH_TCP, Reason::MovedToTcp);
         }
     }

@@ -169,13 +169,6 @@ impl Producer {
         }
     }
 
-    /// The bytes the consumer has not taken, as up to two runs (checked).
-    pub fn unconsumed_runs(&mut self) -> Result<[(*const u8, usize); 2], Corrupt> {
-        let head = self.load_head()?;
-        // SAFETY: runs() stays inside the data area.
-        Ok(self.raw.runs(head, self.tail - head).map(|(off, len)| (unsafe { self.raw.data.add(off) } as *const u8, len)))
-    }
-
     /// The consumer's head, freshly read and checked.
     pub fn head_checked(&mut self) -> Result<u64, Corrupt> {
         self.load_head()
@@ -443,7 +436,7 @@ mod tests {
                             assert!(runs.iter().all(|&(ptr, len)| inside(ptr as usize, len)), "seed {seed}: data run outside");
                             assert!(runs.iter().map(|r| r.1).sum::<usize>() <= cap);
                         }
-                        if let Ok(runs) = p.unconsumed_runs() {
+                        if let Ok(runs) = p.head_checked().and_then(|h| p.runs_from(h)) {
                             assert!(runs.iter().all(|&(ptr, len)| inside(ptr as usize, len)), "seed {seed}: unconsumed run outside");
                         }
                     }

@@ -146,8 +146,9 @@ impl Table {
 
     /// In a forked child (one thread): make a table of our own and fill in the slots of
     /// the connections this process holds (`keep`: slot, what to write; the parent's
-    /// slots are not copied: by now the parent may have closed and reused them). Byte
-    /// counts start from the parent's where its slot still names the same connection.
+    /// slots are not copied: by now the parent may have closed and reused them). Its
+    /// byte counts start at 0: each holder counts what it moves, and `rdmasock stat`
+    /// adds the holders' counts up (the parent's row keeps what came before the fork).
     pub fn fork_child(&self, reg: &Registry, keep: &[(SlotId, SlotFill)]) {
         if self.own.try_lock().is_none() {
             // SAFETY: held by a parent thread that does not exist here.
@@ -161,26 +162,14 @@ impl Table {
         if let Some(h) = held {
             drop(h.into_fd());
         }
-        // The parent's counters, read before our table replaces the base.
-        let counts: Vec<(u64, u64)> = keep
-            .iter()
-            .map(|(id, f)| match self.slot(*id) {
-                Some(s) if s.local_port == f.local.map_or(0, |a| a.port()) && s.peer_port == f.peer.map_or(0, |a| a.port()) => {
-                    (s.bytes_in.load(Ordering::Relaxed), s.bytes_out.load(Ordering::Relaxed))
-                }
-                _ => (0, 0),
-            })
-            .collect();
         self.base.store(std::ptr::null_mut(), Ordering::Release);
         if let Ok(t) = Table::create(reg) {
             let mut tn = t.own.lock();
             self.base.store(t.base.load(Ordering::Relaxed), Ordering::Release);
             *own = (tn.0.take(), tn.1.take(), tn.2.take());
-            for ((id, f), (bin, bout)) in keep.iter().zip(counts) {
+            for (id, f) in keep {
                 if let Some(s) = self.slot(*id) {
                     self.fill(s, f);
-                    s.bytes_in.store(bin, Ordering::Relaxed);
-                    s.bytes_out.store(bout, Ordering::Relaxed);
                     s.state.store(2, Ordering::Release);
                 }
             }
@@ -291,11 +280,8 @@ pub struct SlotFill {
 /// processes hold it (a socket inherited across fork is one connection).
 #[derive(Debug, Clone)]
 pub struct Row {
-    /// The first process holding it (lowest pid).
-    pub pid: u32,
-    /// Every process holding it, with its fd there.
+    /// Every process holding it, with its fd there, lowest pid first (never empty).
     pub holders: Vec<(u32, i32)>,
-    pub fd: i32,
     pub role: &'static str,
     pub path: &'static str,
     pub reason: &'static str,
@@ -326,7 +312,7 @@ pub fn read_all(reg: &Registry) -> Vec<Row> {
 /// socket shared across fork) become one; its fabric counters add up (each process
 /// counted what it moved).
 fn merge(mut rows: Vec<Row>) -> Vec<Row> {
-    rows.sort_by_key(|r| (r.local.to_string(), r.peer.to_string(), r.role, r.pid));
+    rows.sort_by_key(|r| (r.local.to_string(), r.peer.to_string(), r.role, r.pid()));
     let mut out: Vec<Row> = Vec::new();
     for r in rows {
         match out.last_mut() {
@@ -347,10 +333,19 @@ fn merge(mut rows: Vec<Row>) -> Vec<Row> {
     for r in &mut out {
         r.holders.sort_unstable();
         r.holders.dedup();
-        r.pid = r.holders[0].0;
-        r.fd = r.holders[0].1;
     }
     out
+}
+
+impl Row {
+    /// The first process holding it (lowest pid), and its fd there.
+    pub fn pid(&self) -> u32 {
+        self.holders[0].0
+    }
+
+    pub fn fd(&self) -> i32 {
+        self.holders[0].1
+    }
 }
 
 fn read_slots(reg: &Registry) -> Vec<Row> {
@@ -374,9 +369,7 @@ fn read_slots(reg: &Registry) -> Vec<Row> {
                 continue;
             }
             rows.push(Row {
-                pid,
                 holders: vec![(pid, s.fd)],
-                fd: s.fd,
                 role: if s.role == ROLE_SERVER { "server" } else { "client" },
                 path: path_name(s.path),
                 reason: Reason::from_u8(s.reason).as_str(),
@@ -407,10 +400,10 @@ mod tests {
         let id2 = t.alloc(8, ROLE_SERVER, PATH_TCP, Reason::PeerNotShim, Some(a), Some(a)).unwrap();
         let rows = read_all(&reg);
         assert_eq!(rows.len(), 2);
-        let r = rows.iter().find(|r| r.fd == 7).unwrap();
+        let r = rows.iter().find(|r| r.fd() == 7).unwrap();
         assert_eq!((r.path, r.role, r.bytes_in, r.bytes_out), ("shm", "client", 5, 6));
         assert_eq!((r.local, r.peer), (a, b));
-        assert_eq!(rows.iter().find(|r| r.fd == 8).unwrap().reason, "peer-not-shim");
+        assert_eq!(rows.iter().find(|r| r.fd() == 8).unwrap().reason, "peer-not-shim");
         t.free(id);
         t.free(id2);
         assert!(read_all(&reg).is_empty());

@@ -464,7 +464,7 @@ static LOCKS: parking_lot::Mutex<Option<LockRegion>> = parking_lot::Mutex::new(N
 static LOCK_REGION_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 impl SideLocks {
-    /// A fresh pair (both words 0). Err: no memory for a region.
+    /// A pair of lock words. Err: no memory for a region.
     pub fn new() -> io::Result<SideLocks> {
         let mut g = LOCKS.lock();
         let me = sys::pid();
@@ -490,10 +490,10 @@ impl SideLocks {
                 r.next - 1
             }
         };
-        let l = SideLocks { base: r.base, pair, region: r.id };
-        l.tx().store(0, std::sync::atomic::Ordering::Relaxed);
-        l.rx().store(0, std::sync::atomic::Ordering::Relaxed);
-        Ok(l)
+        // Not reset: a fresh region is zero, and a reused pair is free unless a forked
+        // child still holds it for an inherited stream, whose exclusion a reset would
+        // break (sharing it only makes the two streams wait for each other).
+        Ok(SideLocks { base: r.base, pair, region: r.id })
     }
 
     pub fn tx(&self) -> &std::sync::atomic::AtomicU32 {

@@ -63,7 +63,7 @@ fn stat(json: bool) {
                 let holders: Vec<String> = r.holders.iter().map(|(p, f)| format!("{{\"pid\":{p},\"fd\":{f}}}")).collect();
                 format!(
                     "{{\"pid\":{},\"fd\":{},\"holders\":[{}],\"role\":{},\"path\":{},\"reason\":{},\"local\":{},\"peer\":{},\"bytes_in\":{},\"bytes_out\":{}}}",
-                    r.pid, r.fd, holders.join(","), json_str(r.role), json_str(r.path), json_str(r.reason),
+                    r.pid(), r.fd(), holders.join(","), json_str(r.role), json_str(r.path), json_str(r.reason),
                     json_str(&r.local.to_string()), json_str(&r.peer.to_string()), r.bytes_in, r.bytes_out
                 )
             })
@@ -76,7 +76,7 @@ fn stat(json: bool) {
     for r in &rows {
         println!(
             "{:>7} {:>5} {:<6} {:<7} {:<22} {:<22} {:>14} {:>14}  {}",
-            r.pid, r.fd, r.role, r.path, r.local.to_string(), r.peer.to_string(), r.bytes_in, r.bytes_out, r.reason
+            r.pid(), r.fd(), r.role, r.path, r.local.to_string(), r.peer.to_string(), r.bytes_in, r.bytes_out, r.reason
         );
         // A socket shared across fork: the other processes holding it.
         for (pid, fd) in &r.holders[1..] {
