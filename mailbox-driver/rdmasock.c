@@ -22,8 +22,18 @@
  * the endpoints when the sockets are the two ends of one connection: same network
  * namespace, and each one's local address and port are the other one's remote
  * address and port (IPv4 is compared as IPv4-mapped IPv6). With the module
- * parameter same_uid_only (default on), the two endpoints must also belong to the
- * same effective uid, or the offer is refused.
+ * parameter same_uid_only (default off), the two endpoints must also belong to the
+ * same effective uid, or the offer is refused. Off by default: no page is shared,
+ * a peer only ever writes into the ring the other one registered, through the
+ * driver's checked copy, and learns no more of it than its uid and pid, what
+ * SO_PEERCRED tells on a Unix socket; so two users' processes may pair.
+ *
+ * A listening process says which of its listening sockets a shim serves
+ * (RDMASOCK_IOC_LISTEN, on an endpoint of its own that takes no offer): a client of
+ * any uid asks (RDMASOCK_IOC_FIND) before it offers, so that it offers only where
+ * an accept will look for the offer. The driver checks that the socket is the
+ * caller's and listens; a listener endpoint counts only while its socket still
+ * listens.
  *
  * Peers move bytes with RDMASOCK_IOC_WRITE: the driver copies from the writer's
  * buffer into the pages of a region the *reader* registered, at an offset and
@@ -43,8 +53,8 @@
  *
  * Locks, outermost first:
  *
- * - rs_mutex: the list of pending offers; every change of an endpoint's state or
- *   peer pointer (offer, accept, withdraw, release).
+ * - rs_mutex: the lists of pending offers and of listener endpoints; every change
+ *   of an endpoint's state or peer pointer (offer, accept, withdraw, release).
  * - rs_ep.regions_rwsem: the endpoint's regions. Held for reading by a peer's
  *   writer for the whole copy; for writing while regions are (un)registered.
  * - rs_ep.lock (spinlock): state and peer pointer, so that a writer can take a
@@ -77,6 +87,7 @@
 #include <linux/module.h>
 #include <linux/mutex.h>
 #include <linux/net.h>
+#include <linux/nsproxy.h>
 #include <linux/pid.h>
 #include <linux/poll.h>
 #include <linux/rwsem.h>
@@ -97,10 +108,10 @@
 
 #include "include/uapi/rdmasock.h"
 
-static bool same_uid_only = true;
+static bool same_uid_only;
 module_param(same_uid_only, bool, 0644);
 MODULE_PARM_DESC(same_uid_only,
-		 "Pair only endpoints of the same effective uid (default: 1)");
+		 "Pair only endpoints of the same effective uid (default: 0)");
 
 static unsigned int mbox_depth = 256;
 module_param(mbox_depth, uint, 0444);
@@ -121,6 +132,7 @@ static atomic_long_t rs_pinned_pages = ATOMIC_LONG_INIT(0);
 
 static DEFINE_MUTEX(rs_mutex);
 static LIST_HEAD(rs_offers);
+static LIST_HEAD(rs_listeners);
 
 /* Messages one RECV or read(2) moves per lock hold (kept on the stack). */
 #define RS_BATCH 16
@@ -175,6 +187,8 @@ struct rs_mbox {
  * @offer_node: entry in rs_offers while offered (rs_mutex)
  * @offer_sk: the offered socket, held, while offered (rs_mutex)
  * @offer_ino: the offered socket's inode number
+ * @listen_node: entry in rs_listeners of a listener endpoint (rs_mutex)
+ * @listen_sk: the listening socket of a listener endpoint, held (rs_mutex)
  * @uid: effective uid of the opener, then of whoever offered or accepted
  * @tgid: the opening process
  * @flags: RDMASOCK_EPF_*
@@ -194,6 +208,8 @@ struct rs_ep {
 	struct list_head offer_node;
 	struct sock *offer_sk;
 	unsigned long offer_ino;
+	struct list_head listen_node;
+	struct sock *listen_sk;
 	kuid_t uid;
 	struct pid *tgid;
 	u32 flags;
@@ -873,7 +889,7 @@ static long rs_ioc_offer(struct rs_ep *ep, void __user *uarg)
 	o.sock_ino = SOCK_INODE(sock)->i_ino;
 
 	mutex_lock(&rs_mutex);
-	if (ep->state != RDMASOCK_STATE_IDLE) {
+	if (ep->state != RDMASOCK_STATE_IDLE || ep->listen_sk) {
 		ret = -EBUSY;
 	} else {
 		sock_hold(sock->sk);
@@ -957,7 +973,7 @@ static long rs_ioc_accept(struct rs_ep *ep, void __user *uarg)
 	}
 
 	mutex_lock(&rs_mutex);
-	if (!refuse && ep->state != RDMASOCK_STATE_IDLE) {
+	if (!refuse && (ep->state != RDMASOCK_STATE_IDLE || ep->listen_sk)) {
 		ret = -EBUSY;
 		goto unlock;
 	}
@@ -997,6 +1013,120 @@ unlock:
 		sock_put(held);
 	sockfd_put(sock);
 	if ((!ret || ret == -EPERM) && copy_to_user(uarg, &a, sizeof(a)))
+		ret = -EFAULT;
+	return ret;
+}
+
+/**
+ * rs_ioc_listen() - RDMASOCK_IOC_LISTEN: make @ep the listener endpoint of a socket.
+ * @ep: the endpoint, idle, with no listening socket yet
+ * @uarg: struct rdmasock_listen
+ *
+ * Context: Process context; may sleep (rs_mutex, user copies).
+ * Return: 0 or a negative errno (EINVAL: the socket does not listen; EBUSY: @ep is
+ *         in use).
+ */
+static long rs_ioc_listen(struct rs_ep *ep, void __user *uarg)
+{
+	struct rdmasock_listen l;
+	struct socket *sock;
+	long ret = 0;
+	int err;
+
+	if (copy_from_user(&l, uarg, sizeof(l)))
+		return -EFAULT;
+	if (l.flags)
+		return -EINVAL;
+	sock = rs_tcp_socket(l.sock_fd, &err);
+	if (!sock)
+		return err;
+	if (READ_ONCE(sock->sk->sk_state) != TCP_LISTEN) {
+		sockfd_put(sock);
+		return -EINVAL;
+	}
+	mutex_lock(&rs_mutex);
+	if (ep->state != RDMASOCK_STATE_IDLE || ep->listen_sk) {
+		ret = -EBUSY;
+	} else {
+		sock_hold(sock->sk);
+		ep->listen_sk = sock->sk;
+		ep->uid = current_euid();
+		list_add_tail(&ep->listen_node, &rs_listeners);
+	}
+	mutex_unlock(&rs_mutex);
+	sockfd_put(sock);
+	return ret;
+}
+
+/**
+ * rs_listener_takes() - Does a listening socket take connections to @addr:@port?
+ * @sk: the listening socket
+ * @addr: the destination (IPv4 as IPv4-mapped IPv6)
+ * @port: the destination port, host order
+ *
+ * As the kernel's own lookup does for a listener: its port, and its bound address
+ * or a wildcard of a family that takes @addr.
+ *
+ * Context: Any context.
+ * Return: true if it does (and still listens).
+ */
+static bool rs_listener_takes(struct sock *sk, const struct in6_addr *addr, u16 port)
+{
+	bool v4 = ipv6_addr_v4mapped(addr);
+
+	if (READ_ONCE(sk->sk_state) != TCP_LISTEN || inet_sk(sk)->inet_num != port)
+		return false;
+	switch (sk->sk_family) {
+	case AF_INET: {
+		__be32 bound = READ_ONCE(sk->sk_rcv_saddr);
+
+		return v4 && (!bound || bound == addr->s6_addr32[3]);
+	}
+#if IS_ENABLED(CONFIG_IPV6)
+	case AF_INET6:
+		if (ipv6_addr_any(&sk->sk_v6_rcv_saddr))
+			return !(v4 && sk->sk_ipv6only);
+		return ipv6_addr_equal(&sk->sk_v6_rcv_saddr, addr);
+#endif
+	default:
+		return false;
+	}
+}
+
+/**
+ * rs_ioc_find() - RDMASOCK_IOC_FIND: find a listener endpoint for a destination.
+ * @uarg: struct rdmasock_find
+ *
+ * Any endpoint may ask; the answer does not depend on it.
+ *
+ * Context: Process context; may sleep (rs_mutex, user copies).
+ * Return: 0 (found: its uid and pid written back) or a negative errno (ENOENT).
+ */
+static long rs_ioc_find(void __user *uarg)
+{
+	struct net *net = current->nsproxy->net_ns;
+	struct rdmasock_find f;
+	struct in6_addr addr;
+	struct rs_ep *l;
+	long ret = -ENOENT;
+
+	if (copy_from_user(&f, uarg, sizeof(f)))
+		return -EFAULT;
+	if (f.flags || f.pad)
+		return -EINVAL;
+	memcpy(&addr, f.addr, sizeof(addr));
+	mutex_lock(&rs_mutex);
+	list_for_each_entry(l, &rs_listeners, listen_node) {
+		if (!net_eq(sock_net(l->listen_sk), net) ||
+		    !rs_listener_takes(l->listen_sk, &addr, f.port))
+			continue;
+		f.uid = from_kuid_munged(current_user_ns(), l->uid);
+		f.pid = pid_vnr(l->tgid);
+		ret = 0;
+		break;
+	}
+	mutex_unlock(&rs_mutex);
+	if (!ret && copy_to_user(uarg, &f, sizeof(f)))
 		ret = -EFAULT;
 	return ret;
 }
@@ -1374,6 +1504,7 @@ static int rs_open(struct inode *inode, struct file *file)
 	spin_lock_init(&ep->lock);
 	ep->state = RDMASOCK_STATE_IDLE;
 	INIT_LIST_HEAD(&ep->offer_node);
+	INIT_LIST_HEAD(&ep->listen_node);
 	ep->uid = current_euid();
 	ep->tgid = get_pid(task_tgid(current));
 	init_waitqueue_head(&ep->wq);
@@ -1407,6 +1538,7 @@ static int rs_release(struct inode *inode, struct file *file)
 	};
 	struct rs_ep *peer;
 	struct sock *held = NULL;
+	struct sock *listened = NULL;
 	bool peer_held_us = false;
 	int i;
 
@@ -1415,6 +1547,11 @@ static int rs_release(struct inode *inode, struct file *file)
 	mutex_lock(&rs_mutex);
 	if (ep->state == RDMASOCK_STATE_OFFERED)
 		held = rs_take_offer(ep);
+	if (ep->listen_sk) {
+		list_del_init(&ep->listen_node);
+		listened = ep->listen_sk;
+		ep->listen_sk = NULL;
+	}
 	spin_lock(&ep->lock);
 	peer = ep->peer;
 	ep->peer = NULL;
@@ -1433,6 +1570,8 @@ static int rs_release(struct inode *inode, struct file *file)
 	mutex_unlock(&rs_mutex);
 	if (held)
 		sock_put(held);
+	if (listened)
+		sock_put(listened);
 	if (peer) {
 		if (peer_held_us)
 			rs_ep_put(ep);
@@ -1645,6 +1784,10 @@ static long rs_ioctl(struct file *file, unsigned int cmd, unsigned long arg)
 	case RDMASOCK_IOC_RING_SELF:
 		rs_ring(ep);
 		return 0;
+	case RDMASOCK_IOC_LISTEN:
+		return rs_ioc_listen(ep, uarg);
+	case RDMASOCK_IOC_FIND:
+		return rs_ioc_find(uarg);
 	case FIONREAD:
 		v = rs_mbox_pending(ep, &bell);
 		if (READ_ONCE(ep->flags) & RDMASOCK_EPF_DOORBELL)

@@ -322,6 +322,33 @@ fn a_worker_of_another_user_sends_its_clients_to_tcp_at_once() {
     assert!(connects.len() == 10 && waited <= 1 && at_once >= 9, "{log}");
 }
 
+/// Issue 15: two processes started with different RDMASOCK_TRANSPORT settings agree on
+/// a fabric both allow, or the client stays on TCP at once with its reason (never
+/// claim-timeout: no offer waits out the deadline). This host has shm only; the
+/// driver's combinations run in the VM (mailbox-driver/test/init, "pair").
+#[test]
+fn different_transport_settings_agree_or_stay_on_tcp_at_once() {
+    let cases: [(&str, &str, &str); 6] = [
+        ("shm", "auto", "path=shm"),
+        ("kmod,shm", "shm,kmod", "path=shm"),
+        // kmod is not here: the client has no fabric the listener could serve
+        ("auto", "kmod", "reason=no-common-fabric"),
+        // ... nor the server: it announces nothing
+        ("kmod", "auto", "reason=no-shim-listener"),
+        ("tcp", "shm", "reason=no-shim-listener"),
+        ("shm", "tcp", "reason=forced-tcp"),
+    ];
+    for (server, client, want) in cases {
+        let log = observe("two_settings.py", &[server, client], &[]);
+        let connects: Vec<&str> = log.lines().filter(|l| l.contains("]: connect fd=")).collect();
+        assert!(connects.len() == 1 && connects[0].contains(want), "server {server}, client {client}: want {want}:\n{log}");
+        assert!(!log.contains("claim-timeout"), "{log}");
+        if want == "path=shm" {
+            assert!(log.lines().any(|l| l.contains("]: accept fd=") && l.contains("path=shm")), "{log}");
+        }
+    }
+}
+
 /// Issue 21.4: a FIFO named like a registry record makes no client block (records are
 /// opened non-blocking and must be regular files).
 #[test]

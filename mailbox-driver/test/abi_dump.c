@@ -27,6 +27,8 @@ int main(void)
 	IOC(RDMASOCK_IOC_RECV);
 	IOC(RDMASOCK_IOC_INFO);
 	IOC(RDMASOCK_IOC_RING_SELF);
+	IOC(RDMASOCK_IOC_LISTEN);
+	IOC(RDMASOCK_IOC_FIND);
 	SIZE(rdmasock_msg);
 	OFF(rdmasock_msg, info);
 	OFF(rdmasock_msg, imm);
@@ -44,6 +46,11 @@ int main(void)
 	SIZE(rdmasock_recv);
 	OFF(rdmasock_recv, peer_sleeping);
 	OFF(rdmasock_recv, pad);
+	SIZE(rdmasock_listen);
+	SIZE(rdmasock_find);
+	OFF(rdmasock_find, port);
+	OFF(rdmasock_find, uid);
+	OFF(rdmasock_find, pid);
 	SIZE(rdmasock_info);
 	OFF(rdmasock_info, peer_region_len);
 	OFF(rdmasock_info, mbox_depth);

@@ -13,6 +13,7 @@
 #include <fcntl.h>
 #include <netinet/in.h>
 #include <poll.h>
+#include <sched.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdint.h>
@@ -822,6 +823,22 @@ static pid_t offer_as(uid_t uid, uint16_t port, int syncw, int resultw)
 	return pid;
 }
 
+/* A bool parameter: 1 (Y), 0 (N), -1 (unreadable). */
+static int param_bool(const char *name)
+{
+	char path[128], c = 0;
+	FILE *f;
+
+	snprintf(path, sizeof(path), "/sys/module/rdmasock/parameters/%s", name);
+	f = fopen(path, "r");
+	if (!f)
+		return -1;
+	if (fread(&c, 1, 1, f) != 1)
+		c = 0;
+	fclose(f);
+	return c == 'Y' || c == '1' ? 1 : c == 'N' || c == '0' ? 0 : -1;
+}
+
 static void t_uid_policy(void)
 {
 	uint16_t port;
@@ -833,7 +850,25 @@ static void t_uid_policy(void)
 	char c;
 
 	CHECK(pipe(sync) == 0 && pipe(res) == 0, "pipes");
-	CHECK(param("same_uid_only") == 1 || param("same_uid_only") == -1, "default on");
+	/* By default two users' endpoints pair (nothing is shared but the copy). */
+	CHECK(param_bool("same_uid_only") == 0, "default off");
+	pid = offer_as(65534, port, sync[1], res[1]);
+	CHECK(read(sync[0], &c, 1) == 1, "child ready");
+	s = accept(lfd, NULL, NULL);
+	es = ep_open();
+	CHECK(ep_accept(es, s, 0, 0, &a) == 0, "accepted across uids");
+	/* The child exits once it has read ACCEPTED; then INFO reports no peer (~0). */
+	info = ep_info(es);
+	CHECK(a.peer_uid == 65534 &&
+	      (info.peer_uid == 65534 || info.state == RDMASOCK_STATE_CLOSED),
+	      "peer uid %u, INFO peer uid %u state %u", a.peer_uid, info.peer_uid, info.state);
+	CHECK(read(res[0], &m, sizeof(m)) == sizeof(m) && m.type == RDMASOCK_MSG_ACCEPTED,
+	      "child accepted");
+	waitpid(pid, &st, 0);
+	close(es);
+	close(s);
+
+	set_param("same_uid_only", "1");
 	pid = offer_as(65534, port, sync[1], res[1]);
 	CHECK(read(sync[0], &c, 1) == 1, "child ready");
 	s = accept(lfd, NULL, NULL);
@@ -845,22 +880,7 @@ static void t_uid_policy(void)
 	      m.info == EPERM, "child refused with EPERM");
 	waitpid(pid, &st, 0);
 	CHECK(WIFEXITED(st) && WEXITSTATUS(st) == 0, "child status %d", st);
-	close(s);
-
 	set_param("same_uid_only", "0");
-	pid = offer_as(65534, port, sync[1], res[1]);
-	CHECK(read(sync[0], &c, 1) == 1, "child ready");
-	s = accept(lfd, NULL, NULL);
-	CHECK(ep_accept(es, s, 0, 0, &a) == 0, "accepted across uids");
-	/* The child exits once it has read ACCEPTED; then INFO reports no peer (~0). */
-	info = ep_info(es);
-	CHECK(a.peer_uid == 65534 &&
-	      (info.peer_uid == 65534 || info.state == RDMASOCK_STATE_CLOSED),
-	      "peer uid %u, INFO peer uid %u state %u", a.peer_uid, info.peer_uid, info.state);
-	CHECK(read(res[0], &m, sizeof(m)) == sizeof(m) && m.type == RDMASOCK_MSG_ACCEPTED,
-	      "child accepted");
-	waitpid(pid, &st, 0);
-	set_param("same_uid_only", "1");
 	close(es);
 	close(s);
 	close(lfd);
@@ -868,6 +888,134 @@ static void t_uid_policy(void)
 	close(sync[1]);
 	close(res[0]);
 	close(res[1]);
+}
+
+static int ep_listen(int ep, int sock)
+{
+	struct rdmasock_listen l = { .sock_fd = sock };
+
+	return ioctl(ep, RDMASOCK_IOC_LISTEN, &l);
+}
+
+/* FIND addr:port (text, IPv4 or IPv6) from endpoint ep; the listener's uid in *uid. */
+static int ep_find(int ep, const char *addr, uint16_t port, uint32_t *uid)
+{
+	struct rdmasock_find f = { .port = port };
+	struct in_addr v4;
+	int r;
+
+	if (inet_pton(AF_INET, addr, &v4) == 1) {
+		f.addr[10] = 0xff;
+		f.addr[11] = 0xff;
+		memcpy(&f.addr[12], &v4, 4);
+	} else {
+		inet_pton(AF_INET6, addr, f.addr);
+	}
+	r = ioctl(ep, RDMASOCK_IOC_FIND, &f);
+	if (uid)
+		*uid = f.uid;
+	return r;
+}
+
+/* FIND asked by a child of another uid; its exit status: 0 found (uid matched), 1 not. */
+static int find_as(uid_t uid, const char *addr, uint16_t port, uint32_t want_uid)
+{
+	pid_t pid = fork();
+	int st;
+
+	if (pid == 0) {
+		uint32_t got = ~0U;
+		int ep;
+
+		if (setgid(uid) || setuid(uid))
+			_exit(2);
+		ep = open("/dev/rdmasock", O_RDWR);
+		if (ep < 0)
+			_exit(3);
+		if (ep_find(ep, addr, port, &got))
+			_exit(errno == ENOENT ? 1 : 4);
+		_exit(got == want_uid ? 0 : 5);
+	}
+	waitpid(pid, &st, 0);
+	return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+}
+
+static void t_listen_and_find(void)
+{
+	uint16_t p4, p6, p6only;
+	int l4 = listener(AF_INET, &p4), l6 = listener(AF_INET6, &p6);
+	int l6only = socket(AF_INET6, SOCK_STREAM | SOCK_CLOEXEC, 0), one = 1;
+	int e4 = ep_open(), e6 = ep_open(), e6only = ep_open(), eq = ep_open();
+	int unbound = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0), c, st;
+	struct sockaddr_in6 a6 = { .sin6_family = AF_INET6, .sin6_addr = IN6ADDR_ANY_INIT };
+	socklen_t sl = sizeof(a6);
+	uint32_t uid = ~0U;
+	pid_t pid;
+
+	CHECK(setsockopt(l6only, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof(one)) == 0 &&
+	      bind(l6only, (struct sockaddr *)&a6, sizeof(a6)) == 0 && listen(l6only, 4) == 0 &&
+	      getsockname(l6only, (struct sockaddr *)&a6, &sl) == 0, "v6only listener");
+	p6only = ntohs(a6.sin6_port);
+
+	/* Nothing registered yet. */
+	EXPECT_ERR(ep_find(eq, "127.0.0.1", p4, NULL), ENOENT);
+	/* Only a listening TCP socket of the caller's. */
+	EXPECT_ERR(ep_listen(e4, unbound), EINVAL);
+	EXPECT_ERR(ep_listen(e4, 0), ENOTSOCK);
+	EXPECT_ERR(ep_listen(e4, 999), EBADF);
+	EXPECT_OK(ep_listen(e4, l4));
+	EXPECT_ERR(ep_listen(e4, l4), EBUSY);
+	EXPECT_OK(ep_listen(e6, l6));
+	EXPECT_OK(ep_listen(e6only, l6only));
+
+	/* Found at its address, by any uid, with the listener's uid. */
+	CHECK(ep_find(eq, "127.0.0.1", p4, &uid) == 0 && uid == getuid(), "v4 found, uid %u", uid);
+	CHECK(find_as(65534, "127.0.0.1", p4, getuid()) == 0, "another uid finds it too");
+	EXPECT_ERR(ep_find(eq, "127.0.0.2", p4, NULL), ENOENT);
+	EXPECT_ERR(ep_find(eq, "::1", p4, NULL), ENOENT);
+	EXPECT_ERR(ep_find(eq, "127.0.0.1", 1, NULL), ENOENT);
+	/* A dual-stack wildcard takes IPv4 and IPv6; a V6ONLY one no IPv4. */
+	EXPECT_OK(ep_find(eq, "127.0.0.1", p6, NULL));
+	EXPECT_OK(ep_find(eq, "::1", p6, NULL));
+	EXPECT_OK(ep_find(eq, "::1", p6only, NULL));
+	EXPECT_ERR(ep_find(eq, "127.0.0.1", p6only, NULL), ENOENT);
+	/* A bad request. */
+	{
+		struct rdmasock_find f = { .port = p4, .flags = 1 };
+
+		EXPECT_ERR(ioctl(eq, RDMASOCK_IOC_FIND, &f), EINVAL);
+	}
+
+	/* A listener endpoint takes no offer and accepts nothing. */
+	c = connect_to(AF_INET, "127.0.0.1", p4);
+	EXPECT_ERR(ep_offer(e4, c), EBUSY);
+	close(c);
+	c = accept(l4, NULL, NULL);
+	EXPECT_ERR(ep_accept(e4, c, 0, 0, NULL), EBUSY);
+	close(c);
+
+	/* Another network namespace sees none of ours. */
+	pid = fork();
+	if (pid == 0) {
+		if (unshare(CLONE_NEWNET))
+			_exit(2);
+		_exit(ep_find(eq, "127.0.0.1", p4, NULL) == -1 && errno == ENOENT ? 0 : 1);
+	}
+	waitpid(pid, &st, 0);
+	CHECK(WIFEXITED(st) && WEXITSTATUS(st) == 0, "other netns: status %d", st);
+
+	/* A closed listening socket counts no more, though the endpoint is open. */
+	close(l4);
+	EXPECT_ERR(ep_find(eq, "127.0.0.1", p4, NULL), ENOENT);
+	/* Closing the endpoint takes the registration away. */
+	close(e6);
+	EXPECT_ERR(ep_find(eq, "::1", p6, NULL), ENOENT);
+	close(e4);
+	close(e6only);
+	close(eq);
+	close(l6);
+	close(l6only);
+	close(unbound);
 }
 
 static void t_memlock_accounting(void)
@@ -925,6 +1073,7 @@ int main(void)
 	run_case("close tells the peer", t_close_tells_the_peer);
 	run_case("process death", t_process_death);
 	run_case("uid policy", t_uid_policy);
+	run_case("listen and find", t_listen_and_find);
 	run_case("memlock accounting", t_memlock_accounting);
 	run_case("nothing left behind", t_nothing_left);
 	printf("C-TESTS: %d passed, %d failed\n", passed, failed);

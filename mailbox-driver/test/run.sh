@@ -94,6 +94,7 @@ modinfo "$ko" | grep -q "vermagic: *$kver " || {
 
 # --- the tests --------------------------------------------------------------------
 gcc -static -O2 -Wall -Wextra -Werror -o "$out/kmod_test" "$here/kmod_test.c"
+gcc -static -O2 -Wall -Wextra -Werror -o "$out/asuser" "$here/asuser.c"
 
 export CARGO_TARGET_DIR=$out/cargo
 rust_bin=$(cd "$root" && cargo test -p rdmasock-transport --test kmod --no-run \
@@ -148,6 +149,7 @@ for m in inet_diag tcp_diag; do
     esac
 done
 cp "$out/kmod_test" "$ir/kmod_test"
+cp "$out/asuser" "$ir/bin/asuser"
 cp "$rust_bin" "$ir/kmod-rust"
 mkdir -p "$ir/shim"
 for b in "${shim_bins[@]}"; do

@@ -10,6 +10,7 @@ use crate::state;
 use crate::table::{self, DATA, INTERNAL, PLAIN, TRACKED};
 use libc::{c_int, c_uint, c_ulong, c_void, iovec, loff_t, mmsghdr, msghdr, off64_t, off_t, size_t, sockaddr, socklen_t, ssize_t};
 use rdmasock_transport::addr::SockAddr;
+use rdmasock_transport::choice::{self, fabric_id, Advert, Choice, FabricSet};
 use rdmasock_transport::conn::{wait_stream, WaitEnd};
 use rdmasock_transport::config::LogLevel;
 use rdmasock_transport::diag;
@@ -939,33 +940,56 @@ pub unsafe fn connect(fd: c_int, addr: *const sockaddr, len: socklen_t) -> c_int
         if !is_local(&dst) {
             return fallback(Reason::RemoteDestination);
         }
-        let (Some(reg), Some(fab)) = (state::registry(), state::fabric()) else {
-            return fallback(Reason::RegistryUnavailable);
-        };
-        reg.sweep_if_due();
-        let listeners: Vec<ListenerRepr> = reg.listeners(dst.port()).into_iter().filter(|l| listener_matches(l, &dst)).collect();
-        if listeners.is_empty() {
-            return fallback(Reason::NoShimListener);
+        let fabs = state::fabrics();
+        let mine = fabs.usable();
+        if mine.is_empty() {
+            return fallback(if state::registry().is_none() { Reason::RegistryUnavailable } else { Reason::NoCommonFabric });
         }
-        // One listener: the offer can go straight into its mailbox. Several (SO_REUSEPORT
-        // groups): the kernel picks, so the offer is a file any of them finds.
+        // Discovery, then the one rule (rdmasock_transport::choice). First the registry:
+        // our own user's listeners, with their adverts.
+        let mut to: Option<ListenerRepr> = None;
+        let mut advert: Option<Advert> = None;
+        if let Some(reg) = state::registry() {
+            reg.sweep_if_due();
+            let listeners: Vec<ListenerRepr> = reg.listeners(dst.port()).into_iter().filter(|l| listener_matches(l, &dst)).collect();
+            // Several listeners (an SO_REUSEPORT group): the kernel picks, and any live
+            // one may look for the offer file; dead ones are dropped now. One: its
+            // liveness is asked only if the claim is slow to come (sock::hear).
+            let listeners: Vec<ListenerRepr> = if listeners.len() > 1 { listeners.into_iter().filter(|l| reg.listener_alive(l)).collect() } else { listeners };
+            if let Some(first) = listeners.first() {
+                // A group advertises what all of its members serve.
+                let serves = FabricSet(listeners.iter().fold(fabric_id::ALL, |m, l| m & l.fabrics));
+                // Its accepting processes run as another user (a worker that dropped
+                // privileges): choose as for another user's listener.
+                let same_user = !(listeners.len() == 1 && reg.listener_accepts_as_other_user(first));
+                advert = Some(Advert { serves, same_user });
+                // One listener: the offer can go straight into its mailbox. Several:
+                // the kernel picks, so the offer is a file any of them finds.
+                to = if listeners.len() == 1 { Some(*first) } else { None };
+            }
+        }
+        // Then the tables of fabrics that keep their own (kmod's driver: listeners of
+        // any user).
+        if advert.is_none() {
+            advert = fabs.all().filter(|f| mine.has(f.id())).find_map(|f| {
+                f.find(&dst).map(|uid| Advert { serves: FabricSet(f.id()), same_user: uid == sys::getuid() })
+            });
+        }
+        let Some(advert) = advert else {
+            return fallback(Reason::NoShimListener);
+        };
+        let fab = match choice::choose(mine, &advert, state::config().cross_user) {
+            Choice::Fabric(id) => match fabs.get(id) {
+                Some(f) => f,
+                None => return fallback(Reason::NoCommonFabric),
+            },
+            Choice::Tcp(reason) => return fallback(reason),
+        };
         // What connect's answer tells (below) holds only for a socket with none of the
         // options that change it.
         let plain = PLAIN.get(fd);
-        // Several listeners (an SO_REUSEPORT group): the kernel picks, and any live one
-        // may look for the offer file; dead ones are dropped now. One: its liveness is
-        // asked only if the claim is slow to come (sock::hear).
-        let listeners: Vec<ListenerRepr> = if listeners.len() > 1 { listeners.into_iter().filter(|l| reg.listener_alive(l)).collect() } else { listeners };
-        if listeners.is_empty() {
-            return fallback(Reason::NoShimListener);
-        }
-        let to = if listeners.len() == 1 { listeners.first() } else { None };
-        if to.is_some_and(|l| reg.listener_refuses_fabric(l)) {
-            // Its accepting processes run as another user (a worker that dropped
-            // privileges): an offer would only wait out the claim deadline.
-            return fallback(Reason::PeerOtherUid);
-        }
-        let offer = match fab.offer(fd, to) {
+        let to = if fab.id() == fabric_id::SHM { to } else { None };
+        let offer = match fab.offer(fd, to.as_ref()) {
             Ok(o) => o,
             Err(e) => {
                 crate::log_at!(LogLevel::Debug, "offer failed: {e}");
@@ -976,8 +1000,8 @@ pub unsafe fn connect(fd: c_int, addr: *const sockaddr, len: socklen_t) -> c_int
         let e = errno();
         if r == 0 || e == libc::EINPROGRESS {
             let local = sys::getsockname(fd).ok();
-            table::insert(fd, Entry::Conn(Arc::new(Conn::pending(fd, local, Some(dst), offer, to.copied(), (r == 0).then_some(true).or(plain.then_some(false))))));
-            crate::log_at!(LogLevel::Debug, "connect fd={fd} peer={dst}: offer posted");
+            table::insert(fd, Entry::Conn(Arc::new(Conn::pending(fd, local, Some(dst), offer, to, (r == 0).then_some(true).or(plain.then_some(false))))));
+            crate::log_at!(LogLevel::Debug, "connect fd={fd} peer={dst}: offer posted on {}", fab.name());
             if r == 0 { Ok(0) } else { Err(e) }
         } else {
             drop(offer);
@@ -1013,35 +1037,12 @@ unsafe fn on_accept(lfd: c_int, fd: c_int, flags: c_int, peer: Option<SockAddr>,
     if let Some(reg) = state::registry_if_any() {
         reg.sweep_if_due();
     }
-    let (stream, reason) = if !state::upgrades() {
-        // A shimmed client may still have offered: answer it now.
-        if let (Ok(Some(p)), Some(fab)) = (diag::lookup(peer, local), state::fabric()) {
-            fab.refuse(p.inode);
-        }
-        (None, Reason::ForcedTcp)
-    } else {
-        match (diag::lookup(peer, local), state::fabric()) {
-            (Ok(Some(p)), Some(fab)) if p.uid == sys::getuid() => match fab.claim(p.inode, fd) {
-                Ok(s) => (Some(s), Reason::None),
-                Err(Reason::PeerNotShim) if !ours => (None, Reason::ListenerUnknown),
-                Err(r) => (None, r),
-            },
-            (Ok(Some(p)), Some(fab)) => {
-                fab.refuse(p.inode);
-                // A refusal needs the client's segment, which another user's process
-                // cannot map: the client would wait out its claim deadline, and so
-                // would every later one. Tell them at the listener's mailbox.
-                if let Some(reg) = state::registry_if_any() {
-                    if reg.refuse_fabric_for(p.inode) {
-                        crate::log_at!(LogLevel::Info, "accept fd={fd}: clients of uid {} offered to a listener this process (uid {}) accepts on: the listener takes no fabric connections from now", p.uid, sys::getuid());
-                    }
-                }
-                (None, Reason::PeerOtherUid)
-            }
-            (Ok(None), _) => (None, Reason::RemoteDestination),
-            (_, None) => (None, Reason::RegistryUnavailable),
-            (Err(_), _) => (None, Reason::PeerNotShim),
-        }
+    let (stream, reason) = match diag::lookup(peer, local) {
+        Ok(Some(p)) => decide_accepted(fd, &p, ours),
+        // A shimmed client may still have offered on kmod, which needs no inode: the
+        // driver matches the connection. (With an unknown peer, a claim is not tried.)
+        Ok(None) => (None, if state::upgrades() { Reason::RemoteDestination } else { Reason::ForcedTcp }),
+        Err(_) => (None, if state::upgrades() { Reason::PeerNotShim } else { Reason::ForcedTcp }),
     };
     if let Some(s) = &stream {
         apply_buffers(fd, &**s);
@@ -1052,6 +1053,53 @@ unsafe fn on_accept(lfd: c_int, fd: c_int, flags: c_int, peer: Option<SockAddr>,
     // (nothing is inherited from the listener), so its mode is known without F_GETFL.
     c.note_nonblocking(flags & libc::SOCK_NONBLOCK != 0);
     table::insert(fd, Entry::Conn(Arc::new(c)));
+}
+
+/// The server's half of the rule (rdmasock_transport::choice): claim the client's
+/// offer on the fabrics it may have chosen, in the order it chooses them; refuse what
+/// policy keeps on TCP, at once, on every fabric present.
+fn decide_accepted(fd: c_int, p: &diag::PeerSocket, ours: bool) -> (Option<Arc<dyn Stream>>, Reason) {
+    let fabs = state::fabrics();
+    // Refuse on the fabrics not looked at (a claim that found nothing leaves nothing
+    // to refuse).
+    let refuse_others = |tried: u8| {
+        for f in fabs.all().filter(|f| tried & f.id() == 0) {
+            f.refuse(p.inode, fd);
+        }
+    };
+    if !state::upgrades() {
+        refuse_others(0);
+        return (None, Reason::ForcedTcp);
+    }
+    let same_user = p.uid == sys::getuid();
+    let cross_user = state::config().cross_user;
+    let mut tried = 0;
+    for id in choice::claim_order(fabs.usable(), same_user, cross_user) {
+        let Some(f) = fabs.get(id) else { continue };
+        tried |= id;
+        match f.claim(p.inode, fd) {
+            Ok(s) => return (Some(s), Reason::None),
+            Err(Reason::PeerNotShim) => continue,
+            Err(r) => {
+                refuse_others(tried);
+                return (None, r);
+            }
+        }
+    }
+    refuse_others(tried);
+    if !same_user {
+        // A shm offer from another user (it found the listener in the registry it
+        // shares with our registrant) needs the client's segment, which we cannot map:
+        // say so at the listener's mailbox, so that later clients choose as for
+        // another user's listener at once.
+        if let Some(reg) = state::registry_if_any() {
+            if reg.mark_other_user_for(p.inode) {
+                crate::log_at!(LogLevel::Info, "accept fd={fd}: clients of uid {} offered to a listener this process (uid {}) accepts on: it is marked as another user's from now", p.uid, sys::getuid());
+            }
+        }
+        return (None, Reason::PeerOtherUid);
+    }
+    (None, if ours { Reason::PeerNotShim } else { Reason::ListenerUnknown })
 }
 
 pub unsafe fn accept(fd: c_int, addr: *mut sockaddr, len: *mut socklen_t) -> c_int {
@@ -1086,17 +1134,44 @@ pub unsafe fn listen(fd: c_int, backlog: c_int) -> c_int {
         return r;
     }
     boundary(0, || {
-        let (Some(reg), Ok(local)) = (state::registry(), sys::getsockname(fd)) else { return Ok(0) };
-        reg.sweep();
-        let v6only = matches!(sys::sock_domain(fd), Ok(libc::AF_INET6))
-            && sys::getsockopt::<c_int>(fd, libc::IPPROTO_IPV6, libc::IPV6_V6ONLY).unwrap_or(0) != 0;
-        let rec = ListenerRepr { addr: local.ip_bytes(), port: local.port(), flags: if v6only { LISTENER_V6ONLY } else { 0 }, pid: sys::getpid(), mbox_fd: -1, mbox_ino: 0 };
-        match reg.register_listener(&rec) {
-            Ok(held) => {
-                crate::log_at!(LogLevel::Debug, "listen fd={fd} local={local}: registered");
-                table::insert(fd, Entry::Listener(Arc::new(Listener { record: parking_lot::Mutex::new(Some(held)) })));
-            }
-            Err(e) => crate::log_at!(LogLevel::Error, "listen fd={fd}: cannot register: {e}"),
+        let Ok(local) = sys::getsockname(fd) else { return Ok(0) };
+        let fabs = state::fabrics();
+        let mine = fabs.usable();
+        if mine.is_empty() {
+            return Ok(0);
+        }
+        // The tables of fabrics that keep their own (kmod's driver: found by clients of
+        // any user).
+        let announced: Vec<sys::Fd> = fabs
+            .all()
+            .filter(|f| mine.has(f.id()))
+            .filter_map(|f| match f.announce(fd)? {
+                Ok(held) => Some(held),
+                Err(e) => {
+                    crate::log_at!(LogLevel::Error, "listen fd={fd}: cannot announce on {}: {e}", f.name());
+                    None
+                }
+            })
+            .collect();
+        // The registry: our own user's clients, with the advert of every fabric we serve.
+        let record = state::registry().and_then(|reg| {
+            reg.sweep();
+            let v6only = matches!(sys::sock_domain(fd), Ok(libc::AF_INET6))
+                && sys::getsockopt::<c_int>(fd, libc::IPPROTO_IPV6, libc::IPV6_V6ONLY).unwrap_or(0) != 0;
+            let rec = ListenerRepr {
+                addr: local.ip_bytes(),
+                port: local.port(),
+                flags: if v6only { LISTENER_V6ONLY } else { 0 },
+                pid: sys::getpid(),
+                mbox_fd: -1,
+                mbox_ino: 0,
+                fabrics: mine.0,
+            };
+            reg.register_listener(&rec).map_err(|e| crate::log_at!(LogLevel::Error, "listen fd={fd}: cannot register: {e}")).ok()
+        });
+        if record.is_some() || !announced.is_empty() {
+            crate::log_at!(LogLevel::Debug, "listen fd={fd} local={local}: registered, serves {}", mine.names());
+            table::insert(fd, Entry::Listener(Arc::new(Listener { record: parking_lot::Mutex::new(record), announced: parking_lot::Mutex::new(announced) })));
         }
         Ok(0)
     });

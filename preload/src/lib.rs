@@ -106,8 +106,10 @@ extern "C" fn fork_child() {
         keep.dedup_by_key(|(id, _)| id.0);
         t.fork_child(reg, &keep);
     }
-    if let Some(f) = state::fabric_if_any() {
-        f.after_fork_child();
+    if let Some(fs) = state::fabrics_if_any() {
+        for f in fs.all() {
+            f.after_fork_child();
+        }
     }
     for (_, e) in table::all() {
         if let sock::Entry::Conn(c) = e {

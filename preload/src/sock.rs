@@ -40,7 +40,12 @@ impl Entry {
 
 /// A listening socket the shim registered.
 pub struct Listener {
+    /// Its registry record (our own user's clients find it there).
     pub record: Mutex<Option<Held>>,
+    /// Its announcements to fabrics with listener tables of their own (kmod's driver):
+    /// hidden fds, inherited by forked children, that keep it findable while any
+    /// process holding them lives.
+    pub announced: Mutex<Vec<rdmasock_transport::sys::Fd>>,
 }
 
 impl Listener {
@@ -48,6 +53,7 @@ impl Listener {
         if let (Some(h), Some(reg)) = (self.record.lock().take(), state::registry()) {
             reg.release(h);
         }
+        self.announced.lock().clear();
     }
 }
 

@@ -1,8 +1,9 @@
-//! Process-wide state: settings, the registry, the fabric, the connection table. All
+//! Process-wide state: settings, the registry, the fabrics, the connection table. All
 //! created on first need (a program that never opens a TCP connection never touches
 //! the registry), except the settings, read before main.
 
-use rdmasock_transport::config::{Config, Forced};
+use rdmasock_transport::choice::{fabric_id, FabricSet};
+use rdmasock_transport::config::Config;
 use rdmasock_transport::fabric::Fabric;
 use rdmasock_transport::kmod::Kmod;
 use rdmasock_transport::registry::Registry;
@@ -14,7 +15,7 @@ use std::sync::{Arc, OnceLock};
 
 static CONFIG: OnceLock<Config> = OnceLock::new();
 static REGISTRY: OnceLock<Option<Arc<Registry>>> = OnceLock::new();
-static FABRIC: OnceLock<Option<Box<dyn Fabric>>> = OnceLock::new();
+static FABRICS: OnceLock<Fabrics> = OnceLock::new();
 static STATS: OnceLock<Option<Table>> = OnceLock::new();
 static POLICY: OnceLock<SpinPolicy> = OnceLock::new();
 
@@ -44,9 +45,9 @@ pub fn off() -> bool {
     config().off
 }
 
-/// Connections may be upgraded (not off, not forced to TCP).
+/// Connections may be upgraded (not off, some fabric allowed).
 pub fn upgrades() -> bool {
-    !config().off && config().transport != Forced::Tcp
+    !config().off && !config().fabrics.is_empty()
 }
 
 /// The registry, only if it is already open (never opens it).
@@ -66,34 +67,68 @@ pub fn registry() -> Option<&'static Arc<Registry>> {
         .as_ref()
 }
 
-/// The fabric this process offers and claims on, chosen once (ARCHITECTURE.md §3):
-/// kmod when the mailbox driver is there (or forced), else shm. Listeners are found
-/// through the registry either way.
-/// The fabric, if this process has chosen one already.
-pub fn fabric_if_any() -> Option<&'static dyn Fabric> {
-    FABRIC.get().and_then(|f| f.as_deref())
+/// The fabrics this process has: every one present on the machine, whatever the
+/// settings allow (a fabric not allowed still refuses its offers at once, rather than
+/// let a client wait out its claim deadline). Which one carries a connection is
+/// chosen per connection (`rdmasock_transport::choice`).
+pub struct Fabrics {
+    list: Vec<Box<dyn Fabric>>,
+    /// Those of them the settings allow.
+    usable: FabricSet,
 }
 
-pub fn fabric() -> Option<&'static dyn Fabric> {
-    FABRIC
-        .get_or_init(|| {
-            let reg = registry()?;
-            let ring = config().ring_size;
-            let kmod = match config().transport {
-                Forced::Kmod => true,
-                Forced::Auto => Kmod::available(),
-                _ => false,
-            };
-            if kmod {
-                if !Kmod::available() {
-                    crate::log_at!(rdmasock_transport::config::LogLevel::Error, "RDMASOCK_TRANSPORT=kmod but /dev/rdmasock is not usable");
-                    return None;
-                }
-                return Some(Box::new(Kmod::new(ring)) as Box<dyn Fabric>);
-            }
-            Some(Box::new(Shm::new(reg.clone(), ring)) as Box<dyn Fabric>)
-        })
-        .as_deref()
+impl Fabrics {
+    /// Registration: one line per fabric, in no particular order (the rule of
+    /// `choice` orders them). A fabric that cannot be had here is simply absent.
+    fn build() -> Fabrics {
+        let ring = config().ring_size;
+        let list: Vec<Box<dyn Fabric>> = [
+            registry().map(|reg| Box::new(Shm::new(reg.clone(), ring)) as Box<dyn Fabric>),
+            Kmod::available().then(|| Box::new(Kmod::new(ring)) as Box<dyn Fabric>),
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
+        let present = FabricSet(list.iter().fold(0, |m, f| m | f.id()));
+        let usable = present.and(config().fabrics);
+        let missing = config().fabrics.and(FabricSet::ALL).without(present.0);
+        if config().fabrics != FabricSet::ALL && usable.is_empty() && !missing.is_empty() {
+            crate::log_at!(
+                rdmasock_transport::config::LogLevel::Error,
+                "RDMASOCK_TRANSPORT={} but none of it is usable here{}",
+                config().fabrics.names(),
+                if missing.has(fabric_id::KMOD) { " (/dev/rdmasock is missing or of another version)" } else { "" }
+            );
+        }
+        if config().transport_typo {
+            crate::log_at!(rdmasock_transport::config::LogLevel::Error, "RDMASOCK_TRANSPORT names a fabric this build does not know: using auto");
+        }
+        Fabrics { list, usable }
+    }
+
+    /// The fabric with this id, if present (allowed or not).
+    pub fn get(&self, id: u8) -> Option<&dyn Fabric> {
+        self.list.iter().find(|f| f.id() == id).map(|f| &**f)
+    }
+
+    /// The fabrics present and allowed.
+    pub fn usable(&self) -> FabricSet {
+        self.usable
+    }
+
+    /// Every fabric present.
+    pub fn all(&self) -> impl Iterator<Item = &dyn Fabric> {
+        self.list.iter().map(|f| &**f)
+    }
+}
+
+/// The fabrics, if this process has looked for them already.
+pub fn fabrics_if_any() -> Option<&'static Fabrics> {
+    FABRICS.get()
+}
+
+pub fn fabrics() -> &'static Fabrics {
+    FABRICS.get_or_init(Fabrics::build)
 }
 
 pub fn stats() -> Option<&'static Table> {

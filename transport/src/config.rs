@@ -3,17 +3,7 @@
 
 use std::time::Duration;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Forced {
-    /// The best fabric available: kmod when /dev/rdmasock is there, shm otherwise.
-    Auto,
-    /// Only the shm fabric.
-    Shm,
-    /// Only the kmod fabric (the mailbox driver); connections stay on TCP without it.
-    Kmod,
-    /// Never upgrade: every connection stays on kernel TCP.
-    Tcp,
-}
+use crate::choice::FabricSet;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum LogLevel {
@@ -27,8 +17,13 @@ pub enum LogLevel {
 pub struct Config {
     /// RDMASOCK_OFF=1: pass every call straight through.
     pub off: bool,
-    /// RDMASOCK_TRANSPORT=auto|shm|tcp
-    pub transport: Forced,
+    /// RDMASOCK_TRANSPORT=auto|tcp|LIST (e.g. `kmod,shm`): the fabrics this process
+    /// may use (of those it has); `tcp`: none, every connection stays on kernel TCP.
+    pub fabrics: FabricSet,
+    /// RDMASOCK_TRANSPORT named a fabric this build does not know (then: auto).
+    pub transport_typo: bool,
+    /// RDMASOCK_CROSS_USER=0: never pair with another user's process (kmod would).
+    pub cross_user: bool,
     /// RDMASOCK_SPIN_US: bound on busy-waiting before blocking.
     pub spin: Duration,
     /// RDMASOCK_RING_SIZE: bytes per direction.
@@ -58,14 +53,12 @@ impl Config {
     pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Config {
         let num = |k: &str, d: u64| get(k).and_then(|v| v.trim().parse::<u64>().ok()).unwrap_or(d);
         let ring = num("RDMASOCK_RING_SIZE", DEFAULT_RING);
+        let (fabrics, known) = FabricSet::parse(get("RDMASOCK_TRANSPORT").as_deref().unwrap_or("auto"));
         Config {
             off: matches!(get("RDMASOCK_OFF").as_deref().map(str::trim), Some("1" | "yes" | "true" | "on")),
-            transport: match get("RDMASOCK_TRANSPORT").as_deref().map(str::trim) {
-                Some("tcp") => Forced::Tcp,
-                Some("shm") => Forced::Shm,
-                Some("kmod") => Forced::Kmod,
-                _ => Forced::Auto,
-            },
+            fabrics,
+            transport_typo: !known,
+            cross_user: !matches!(get("RDMASOCK_CROSS_USER").as_deref().map(str::trim), Some("0" | "no" | "false" | "off")),
             spin: Duration::from_micros(num("RDMASOCK_SPIN_US", DEFAULT_SPIN_US).min(1_000_000)),
             ring_size: if crate::layout::ring_size_ok(ring) { ring } else { DEFAULT_RING },
             log: match get("RDMASOCK_LOG").as_deref().map(str::trim) {
@@ -92,13 +85,15 @@ mod tests {
     fn defaults_and_overrides() {
         let d = Config::from_lookup(|_| None);
         assert!(!d.off);
-        assert_eq!(d.transport, Forced::Auto);
+        assert_eq!(d.fabrics, FabricSet::ALL);
+        assert!(d.cross_user && !d.transport_typo);
         assert_eq!(d.ring_size, DEFAULT_RING);
         let m: HashMap<&str, &str> = [("RDMASOCK_OFF", "1"), ("RDMASOCK_TRANSPORT", "tcp"), ("RDMASOCK_RING_SIZE", "65536"),
-            ("RDMASOCK_LOG", "debug"), ("RDMASOCK_DIR", "/tmp/x"), ("RDMASOCK_SPIN_US", "7")].into();
+            ("RDMASOCK_LOG", "debug"), ("RDMASOCK_DIR", "/tmp/x"), ("RDMASOCK_SPIN_US", "7"), ("RDMASOCK_CROSS_USER", "0")].into();
         let c = Config::from_lookup(|k| m.get(k).map(|v| v.to_string()));
         assert!(c.off);
-        assert_eq!(c.transport, Forced::Tcp);
+        assert_eq!(c.fabrics, FabricSet::NONE);
+        assert!(!c.cross_user);
         assert_eq!(c.ring_size, 65536);
         assert_eq!(c.log, LogLevel::Debug);
         assert_eq!(c.dir, "/tmp/x");
@@ -107,8 +102,9 @@ mod tests {
 
     #[test]
     fn bad_values_fall_back() {
-        let m: HashMap<&str, &str> = [("RDMASOCK_RING_SIZE", "1000"), ("RDMASOCK_DIR", "relative")].into();
+        let m: HashMap<&str, &str> = [("RDMASOCK_RING_SIZE", "1000"), ("RDMASOCK_DIR", "relative"), ("RDMASOCK_TRANSPORT", "shm,verbz")].into();
         let c = Config::from_lookup(|k| m.get(k).map(|v| v.to_string()));
+        assert_eq!((c.fabrics, c.transport_typo), (FabricSet::ALL, true));
         assert_eq!(c.ring_size, DEFAULT_RING);
         assert!(c.dir.starts_with("/dev/shm/rdmasock-"));
     }

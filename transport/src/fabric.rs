@@ -13,10 +13,9 @@
 //!   waiting policy in [`crate::conn`];
 //! * shutdown: [`Stream::shutdown`].
 //!
-//! How a fabric is chosen (the one rule, applied at connect and at accept): the
-//! settings may force TCP; otherwise the first fabric in priority order (shm, kmod,
-//! ivshmem, verbs) whose `caps` fit the peer's placement (same kernel, same host, other
-//! host) and that both shims agree on carries the stream. Any doubt keeps kernel TCP.
+//! How a fabric is chosen, per connection: [`crate::choice`] (the one rule, applied by
+//! the client to the listener's advert and by the server in the same order). Any doubt
+//! keeps kernel TCP.
 
 use crate::wait::{Approach, LocalBell, SpinPolicy};
 use std::io::{self, IoSlice, IoSliceMut};
@@ -73,6 +72,9 @@ pub enum Reason {
     /// Decided for the fabric, then moved back to kernel TCP (the peer exec'd a program
     /// without the shim, exited, or passed its socket on).
     MovedToTcp,
+    /// The two ends' settings allow no fabric in common (or the listener advertises
+    /// none this process has).
+    NoCommonFabric,
 }
 
 impl Reason {
@@ -95,14 +97,15 @@ impl Reason {
             Reason::ServerSentFirst => "server-sent-first",
             Reason::NotAccepted => "write-before-accept",
             Reason::MovedToTcp => "moved-to-tcp",
+            Reason::NoCommonFabric => "no-common-fabric",
         }
     }
 
     pub fn from_u8(v: u8) -> Reason {
         use Reason::*;
-        const ALL: [Reason; 17] = [None, ForcedTcp, RemoteDestination, NoShimListener, PeerNotShim,
+        const ALL: [Reason; 18] = [None, ForcedTcp, RemoteDestination, NoShimListener, PeerNotShim,
             PeerOtherUid, ClaimTimeout, Refused, ListenerUnknown, FdLimit, RegistryUnavailable, OfferFailed,
-            ClaimFailed, ConnectFailed, ServerSentFirst, NotAccepted, MovedToTcp];
+            ClaimFailed, ConnectFailed, ServerSentFirst, NotAccepted, MovedToTcp, NoCommonFabric];
         ALL.get(v as usize).copied().unwrap_or(None)
     }
 }
@@ -241,6 +244,8 @@ pub trait Offer: Send + Sync {
 /// A fabric.
 pub trait Fabric: Send + Sync {
     fn name(&self) -> &'static str;
+    /// Its bit in listener adverts ([`crate::choice::fabric_id`]).
+    fn id(&self) -> u8;
     fn caps(&self) -> Caps;
     /// Post an offer for the client socket `sock`, before connect; `to` is the
     /// registered listener it connects to, when it is known to be the only one (a
@@ -250,8 +255,25 @@ pub trait Fabric: Send + Sync {
     /// for our accepted socket `sock`.
     fn claim(&self, peer_inode: u64, sock: RawFd) -> Result<Arc<dyn Stream>, Reason>;
     /// At accept, when policy keeps the connection on TCP: tell the client at once
-    /// (best effort), rather than let it wait for its claim deadline.
-    fn refuse(&self, peer_inode: u64);
+    /// (best effort), rather than let it wait for its claim deadline. `sock`: our
+    /// accepted socket.
+    fn refuse(&self, peer_inode: u64, sock: RawFd);
+
+    // --- discovery of its own ---
+    // A fabric whose listeners clients of other users must find too (the registry is
+    // one user's) keeps a listener table of its own: kmod's is in the driver.
+    /// Make our listening socket `sock` findable by [`find`](Self::find) for as long
+    /// as the returned (hidden) fd is open. None: this fabric has no table of its own.
+    fn announce(&self, sock: RawFd) -> Option<io::Result<crate::sys::Fd>> {
+        let _ = sock;
+        None
+    }
+    /// The uid of a listener that takes connections to `dst` in this fabric's own
+    /// table (None: there is none, or no table).
+    fn find(&self, dst: &crate::addr::SockAddr) -> Option<u32> {
+        let _ = dst;
+        None
+    }
     /// In a forked child: let go of what the parent kept for later connections.
     fn after_fork_child(&self) {}
 }
@@ -262,7 +284,7 @@ mod tests {
 
     #[test]
     fn reasons_round_trip() {
-        for v in 0..17u8 {
+        for v in 0..18u8 {
             assert_eq!(Reason::from_u8(v) as u8, v);
         }
         assert_eq!(Reason::from_u8(200), Reason::None);

@@ -1020,14 +1020,19 @@ impl Offer for KmodOffer {
 /// The kmod fabric.
 pub struct Kmod {
     ring: u64,
-    /// An endpoint for refusals (any endpoint may refuse).
-    ctl: Mutex<Option<Endpoint>>,
+    /// An endpoint for refusals and listener lookups (any endpoint may do either).
+    ctl: Mutex<Option<Fd>>,
+    /// An idle endpoint with its ring, for the next claim: a claim that finds no offer
+    /// (the client does not run the shim, or offered over another fabric) leaves it
+    /// idle, and the next one uses it, so that an accept costs one ioctl, not an open,
+    /// a ring and its pinning. Dropped in a forked child (the parent may use it).
+    spare: Mutex<Option<Endpoint>>,
 }
 
 impl Kmod {
     /// A fabric whose receive rings have `ring` bytes (a power of two, 4 KiB..64 MiB).
     pub fn new(ring: u64) -> Kmod {
-        Kmod { ring, ctl: Mutex::new(None) }
+        Kmod { ring, ctl: Mutex::new(None), spare: Mutex::new(None) }
     }
 
     /// Is the driver loaded, usable by us, and of our ABI? (opens and closes the device)
@@ -1038,36 +1043,23 @@ impl Kmod {
         }
     }
 
-    /// Refuse the offer of the other end of our connected socket `sock` (best effort).
-    pub fn refuse_sock(&self, peer_inode: u64, sock: RawFd) -> bool {
+    /// Run `f` on the control endpoint (opened on first need).
+    fn with_ctl<R>(&self, f: impl FnOnce(RawFd) -> R) -> Option<R> {
         let mut ctl = self.ctl.lock();
         if ctl.is_none() {
-            *ctl = Endpoint::open(crate::layout::RING_MIN).ok();
+            *ctl = sys::open(uapi::DEVICE, libc::O_RDWR, 0).ok().map(hide_fd);
         }
-        let Some(ep) = ctl.as_ref() else { return false };
-        uapi::accept(ep.fd(), sock, uapi::ACCEPT_REFUSE, peer_inode).is_ok()
+        ctl.as_ref().map(|c| f(c.as_raw_fd()))
     }
-}
-
-/// Our socket fds, newest (highest) first.
-fn socket_fds() -> Vec<RawFd> {
-    let mut fds: Vec<RawFd> = std::fs::read_dir("/proc/self/fd")
-        .map(|d| {
-            d.filter_map(|e| e.ok())
-                .filter_map(|e| e.file_name().to_str().and_then(|s| s.parse().ok()))
-                .filter(|fd: &RawFd| {
-                    sys::readlink(&format!("/proc/self/fd/{fd}")).is_ok_and(|l| l.starts_with("socket:"))
-                })
-                .collect()
-        })
-        .unwrap_or_default();
-    fds.sort_unstable_by(|a, b| b.cmp(a));
-    fds
 }
 
 impl Fabric for Kmod {
     fn name(&self) -> &'static str {
         "kmod"
+    }
+
+    fn id(&self) -> u8 {
+        crate::choice::fabric_id::KMOD
     }
 
     fn caps(&self) -> Caps {
@@ -1082,28 +1074,47 @@ impl Fabric for Kmod {
     }
 
     fn claim(&self, peer_inode: u64, sock: RawFd) -> Result<Arc<dyn Stream>, Reason> {
-        let ep = Endpoint::open(self.ring).map_err(|_| Reason::ClaimFailed)?;
-        let dup = crate::wait::hidden_dup(sock).map_err(|_| Reason::ClaimFailed)?;
+        let ep = match self.spare.lock().take() {
+            Some(ep) => ep,
+            None => Endpoint::open(self.ring).map_err(|_| Reason::ClaimFailed)?,
+        };
         match uapi::accept(ep.fd(), sock, 0, peer_inode) {
             Ok(_) => {}
             Err(e) => {
+                // The endpoint is still idle: keep it for the next claim.
+                *self.spare.lock() = Some(ep);
                 return Err(match e.raw_os_error() {
                     Some(libc::ENOENT) => Reason::PeerNotShim,
                     Some(libc::EPERM) => Reason::PeerOtherUid,
                     _ => Reason::ClaimFailed,
-                })
+                });
             }
         }
+        // Paired: from here on a failure must not leave the peer waiting on a ring
+        // nobody reads; dropping the endpoint tells it (CLOSE), and it moves back to TCP.
+        let dup = crate::wait::hidden_dup(sock).map_err(|_| Reason::ClaimFailed)?;
         Ok(Arc::new(KmodStream::new(ep, dup, self.ring)))
     }
 
-    fn refuse(&self, peer_inode: u64) {
-        // The trait names no socket: the driver matches the offer to whichever of our
-        // sockets is the other end of its connection (and has the inode).
-        for fd in socket_fds() {
-            if self.refuse_sock(peer_inode, fd) {
-                return;
-            }
-        }
+    fn refuse(&self, peer_inode: u64, sock: RawFd) {
+        let _ = self.with_ctl(|ctl| uapi::accept(ctl, sock, uapi::ACCEPT_REFUSE, peer_inode));
+    }
+
+    fn announce(&self, sock: RawFd) -> Option<io::Result<Fd>> {
+        Some((|| {
+            let ep = hide_fd(sys::open(uapi::DEVICE, libc::O_RDWR, 0)?);
+            uapi::listen(ep.as_raw_fd(), sock)?;
+            Ok(ep)
+        })())
+    }
+
+    fn find(&self, dst: &crate::addr::SockAddr) -> Option<u32> {
+        self.with_ctl(|ctl| uapi::find(ctl, dst.ip_bytes(), dst.port()).ok().map(|(uid, _)| uid)).flatten()
+    }
+
+    fn after_fork_child(&self) {
+        // The parent's spare is the same open file: two processes must not pair it.
+        drop(self.spare.lock().take());
     }
 }
+

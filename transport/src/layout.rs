@@ -320,11 +320,12 @@ pub struct MboxHeader {
     pub flags: std::sync::atomic::AtomicU32,
 }
 
-/// [`MboxHeader::flags`]: a process accepting on this listener cannot take connections
-/// over the fabric (it runs as another user than the clients that find the listener,
-/// e.g. a server's worker after it dropped privileges): clients stay on TCP at once
-/// instead of waiting out the claim deadline, as the first of them had to.
-pub const MBOX_NO_FABRIC: u32 = 1;
+/// [`MboxHeader::flags`]: a process accepting on this listener runs as another user
+/// than the clients that find the listener in their registry (e.g. a server's worker
+/// after it dropped privileges): clients choose as for another user's listener (kmod
+/// if both have it, else TCP at once) instead of offering over shm and waiting out the
+/// claim deadline, as the first of them had to.
+pub const MBOX_OTHER_USER: u32 = 1;
 
 /// One posted offer. 128 bytes, so that clients posting at once do not share lines.
 #[repr(C, align(128))]
@@ -374,11 +375,16 @@ mod listener_field {
     /// and the inode it must have.
     pub const MBOX_FD: Range<usize> = 28..32;
     pub const MBOX_INO: Range<usize> = 32..40;
-    pub const LEN: usize = 40;
+    /// The fabrics the listener's process serves (`choice::fabric_id` bits): its advert.
+    pub const FABRICS: usize = 40;
+    /// 41..48: reserved, zero.
+    pub const LEN: usize = 48;
 }
 
 pub const LISTENER_MAGIC: u32 = u32::from_le_bytes(*b"RDLS");
-pub const LISTENER_VERSION: u8 = 2;
+/// The listener record's version is the rendezvous protocol's: a shim of another
+/// version sees no listener (its clients stay on TCP).
+pub const LISTENER_VERSION: u8 = 3;
 pub const LISTENER_LEN: usize = listener_field::LEN;
 pub const LISTENER_V6ONLY: u8 = 1;
 
@@ -390,6 +396,8 @@ pub struct ListenerRepr {
     pub pid: u32,
     pub mbox_fd: i32,
     pub mbox_ino: u64,
+    /// The fabrics it serves (`choice::fabric_id` bits).
+    pub fabrics: u8,
 }
 
 impl<T: AsRef<[u8]>> ListenerRecord<T> {
@@ -417,6 +425,7 @@ impl<T: AsRef<[u8]>> ListenerRecord<T> {
             pid: field_get!(b, u32, listener_field::PID),
             mbox_fd: field_get!(b, i32, listener_field::MBOX_FD),
             mbox_ino: field_get!(b, u64, listener_field::MBOX_INO),
+            fabrics: b[listener_field::FABRICS],
         }
     }
 }
@@ -432,6 +441,7 @@ impl ListenerRepr {
         b[listener_field::PID].copy_from_slice(&self.pid.to_le_bytes());
         b[listener_field::MBOX_FD].copy_from_slice(&self.mbox_fd.to_le_bytes());
         b[listener_field::MBOX_INO].copy_from_slice(&self.mbox_ino.to_le_bytes());
+        b[listener_field::FABRICS] = self.fabrics;
         b
     }
 }
@@ -455,7 +465,7 @@ mod tests {
             z ^ (z >> 31)
         };
         let offer = sample_offer().emit();
-        let listener = ListenerRepr { addr: [0; 16], port: 80, flags: 0, pid: 7, mbox_fd: 3, mbox_ino: 9 }.emit();
+        let listener = ListenerRepr { addr: [0; 16], port: 80, flags: 0, pid: 7, mbox_fd: 3, mbox_ino: 9, fabrics: 1 }.emit();
         for i in 0..200_000u32 {
             let mut b = vec![0u8; (next() % (2 * OFFER_LEN.max(LISTENER_LEN) as u64)) as usize];
             if i % 2 == 0 {
@@ -526,7 +536,7 @@ mod tests {
 
     #[test]
     fn listener_round_trips() {
-        let l = ListenerRepr { addr: [0; 16], port: 6379, flags: LISTENER_V6ONLY, pid: 7, mbox_fd: 900, mbox_ino: 77 };
+        let l = ListenerRepr { addr: [0; 16], port: 6379, flags: LISTENER_V6ONLY, pid: 7, mbox_fd: 900, mbox_ino: 77, fabrics: 3 };
         let b = l.emit();
         assert_eq!(&b[0..4], b"RDLS");
         assert_eq!(&b[6..8], &6379u16.to_le_bytes());

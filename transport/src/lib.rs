@@ -12,6 +12,7 @@
 #![deny(unsafe_code)]
 
 pub mod addr;
+pub mod choice;
 pub mod config;
 pub mod conn;
 pub mod diag;

@@ -71,14 +71,15 @@ impl Mailbox {
         unsafe { &*(self.map.as_ptr() as *const MboxHeader) }
     }
 
-    /// A process of the listener cannot take fabric connections: say so to clients.
-    pub fn refuse_fabric(&self) {
-        self.header().flags.fetch_or(layout::MBOX_NO_FABRIC, Ordering::Relaxed);
+    /// A process of the listener runs as another user than its registrant: say so to
+    /// clients.
+    pub fn mark_other_user(&self) {
+        self.header().flags.fetch_or(layout::MBOX_OTHER_USER, Ordering::Relaxed);
     }
 
-    /// Has a process of the listener said it cannot take fabric connections?
-    pub fn refuses_fabric(&self) -> bool {
-        self.header().flags.load(Ordering::Relaxed) & layout::MBOX_NO_FABRIC != 0
+    /// Has a process of the listener said it runs as another user?
+    pub fn accepts_as_other_user(&self) -> bool {
+        self.header().flags.load(Ordering::Relaxed) & layout::MBOX_OTHER_USER != 0
     }
 
     fn slot(&self, i: usize) -> &MboxSlot {

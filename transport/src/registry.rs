@@ -355,21 +355,23 @@ impl Registry {
         Ok(Posted::File(path))
     }
 
-    /// Does the listener say it cannot take fabric connections (its mailbox's
-    /// `MBOX_NO_FABRIC`)? Maps the mailbox if not yet mapped, as posting would.
-    pub fn listener_refuses_fabric(&self, l: &ListenerRepr) -> bool {
-        self.peer_box(l).is_some_and(|mb| mb.refuses_fabric())
+    /// Does the listener say that a process accepting on it runs as another user (its
+    /// mailbox's `MBOX_OTHER_USER`)? Maps the mailbox if not yet mapped, as posting
+    /// would.
+    pub fn listener_accepts_as_other_user(&self, l: &ListenerRepr) -> bool {
+        self.peer_box(l).is_some_and(|mb| mb.accepts_as_other_user())
     }
 
     /// This process accepts on one of its (inherited) listeners a client it cannot
-    /// serve over the fabric (another user's, which found the listener in the registry
-    /// it shares with the listener's registrant): mark the mailbox holding the offer,
-    /// so that later clients stay on TCP at once. Returns whether one was marked.
-    pub fn refuse_fabric_for(&self, inode: u64) -> bool {
+    /// serve over shm (another user's, which found the listener in the registry it
+    /// shares with the listener's registrant): mark the mailbox holding the offer, so
+    /// that later clients choose as for another user's listener. Returns whether one
+    /// was marked.
+    pub fn mark_other_user_for(&self, inode: u64) -> bool {
         let own: Vec<Arc<Mailbox>> = self.own_boxes.lock().iter().filter_map(Weak::upgrade).collect();
         match own.iter().find(|mb| mb.find(inode).is_some()) {
             Some(mb) => {
-                mb.refuse_fabric();
+                mb.mark_other_user();
                 true
             }
             None => false,
@@ -603,7 +605,7 @@ mod tests {
     #[test]
     fn live_records_are_found_dead_ones_swept() {
         let (reg, dir) = tmp_registry();
-        let l = ListenerRepr { addr: [0; 16], port: 5555, flags: 0, pid: sys::getpid(), mbox_fd: -1, mbox_ino: 0 };
+        let l = ListenerRepr { addr: [0; 16], port: 5555, flags: 0, pid: sys::getpid(), mbox_fd: -1, mbox_ino: 0, fabrics: crate::choice::fabric_id::SHM };
         let held = reg.register_listener(&l).unwrap();
         let found = reg.listeners(5555);
         assert_eq!(found.len(), 1);
@@ -627,7 +629,7 @@ mod tests {
     #[test]
     fn offers_go_to_the_listeners_mailbox_or_to_a_file() {
         let (reg, dir) = tmp_registry();
-        let l = ListenerRepr { addr: [0; 16], port: 5557, flags: 0, pid: sys::getpid(), mbox_fd: -1, mbox_ino: 0 };
+        let l = ListenerRepr { addr: [0; 16], port: 5557, flags: 0, pid: sys::getpid(), mbox_fd: -1, mbox_ino: 0, fabrics: crate::choice::fabric_id::SHM };
         let held = reg.register_listener(&l).unwrap();
         let to = reg.listeners(5557)[0];
         // Into the mailbox: no file.
@@ -672,7 +674,7 @@ mod tests {
         let client = Registry::open(&dir).unwrap();
         for port in 6000..6040 {
             assert!(client.listeners(port).is_empty());
-            let l = ListenerRepr { addr: [0; 16], port, flags: 0, pid: sys::getpid(), mbox_fd: -1, mbox_ino: 0 };
+            let l = ListenerRepr { addr: [0; 16], port, flags: 0, pid: sys::getpid(), mbox_fd: -1, mbox_ino: 0, fabrics: crate::choice::fabric_id::SHM };
             let held = server.register_listener(&l).unwrap();
             assert_eq!(client.listeners(port).len(), 1, "port {port}: the new listener is seen");
             held.remove();

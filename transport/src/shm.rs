@@ -1173,6 +1173,10 @@ impl Fabric for Shm {
         "shm"
     }
 
+    fn id(&self) -> u8 {
+        crate::choice::fabric_id::SHM
+    }
+
     fn caps(&self) -> Caps {
         Caps(Caps::SAME_KERNEL | Caps::SHARED_PAGES | Caps::POLLABLE_DOORBELL | Caps::KERNEL_VERIFIED_PEER)
     }
@@ -1258,7 +1262,7 @@ impl Fabric for Shm {
         claim_offer(&rec, sock, &self.pool)
     }
 
-    fn refuse(&self, peer_inode: u64) {
+    fn refuse(&self, peer_inode: u64, _sock: RawFd) {
         let Some(rec) = self.reg.find_offer(peer_inode) else { return };
         if let Ok(map) = sys::map_peer_sealed(rec.pid, rec.seg_fd, rec.seg_ino, layout::segment_len(rec.ring_size)) {
             // SAFETY: a checked segment, at least a header long.
@@ -1478,7 +1482,7 @@ mod tests {
     fn doorbells_are_used_again() {
         let (dir, reg, shm, l) = setup();
         let port = l.local_addr().unwrap().port();
-        let me = ListenerRepr { addr: [0; 16], port, flags: 0, pid: sys::getpid(), mbox_fd: -1, mbox_ino: 0 };
+        let me = ListenerRepr { addr: [0; 16], port, flags: 0, pid: sys::getpid(), mbox_fd: -1, mbox_ino: 0, fabrics: crate::choice::fabric_id::SHM };
         let held = reg.register_listener(&me).unwrap();
         let to = reg.listeners(port)[0];
         let mut first: Option<layout::OfferRepr> = None;

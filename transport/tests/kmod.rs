@@ -267,7 +267,7 @@ fn refuse_withdraw_and_no_offer() {
     let offer = k.offer(c.as_raw_fd(), None).unwrap();
     let (s, _) = l.accept().unwrap();
     assert_eq!(offer.decision(Duration::ZERO), None);
-    k.refuse(ino(c.as_raw_fd()));
+    k.refuse(ino(c.as_raw_fd()), s.as_raw_fd());
     assert_eq!(offer.decision(Duration::from_secs(2)), Some(false));
     assert!(offer.withdraw());
     assert_eq!(k.claim(ino(c.as_raw_fd()), s.as_raw_fd()).err(), Some(Reason::PeerNotShim));
@@ -295,6 +295,33 @@ fn refuse_withdraw_and_no_offer() {
     let _offer5 = k.offer(c5.as_raw_fd(), None).unwrap();
     let (s5, _) = l.accept().unwrap();
     assert_eq!(k.claim(ino(c5.as_raw_fd()) + 1, s5.as_raw_fd()).err(), Some(Reason::PeerNotShim));
+}
+
+/// A listener announced to the driver is found by its address while it listens, at a
+/// wildcard's any address of its family, and no more once the announcement's fd closes.
+#[test]
+fn an_announced_listener_is_found_while_announced() {
+    if !device() {
+        return;
+    }
+    use rdmasock_transport::addr::SockAddr;
+    let k = Kmod::new(8192);
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let at = SockAddr(l.local_addr().unwrap());
+    assert_eq!(k.find(&at), None);
+    let held = k.announce(l.as_raw_fd()).expect("kmod has a table").expect("announced");
+    assert_eq!(k.find(&at), Some(unsafe { libc::getuid() }));
+    assert_eq!(k.find(&SockAddr(format!("127.0.0.2:{}", at.port()).parse().unwrap())), None);
+    let wild = TcpListener::bind("[::]:0").unwrap();
+    let _held2 = k.announce(wild.as_raw_fd()).unwrap().unwrap();
+    let port = wild.local_addr().unwrap().port();
+    assert!(k.find(&SockAddr(format!("[::1]:{port}").parse().unwrap())).is_some());
+    assert!(k.find(&SockAddr(format!("127.0.0.1:{port}").parse().unwrap())).is_some());
+    drop(held);
+    assert_eq!(k.find(&at), None);
+    // Only a listening socket can be announced.
+    let c = TcpStream::connect(l.local_addr().unwrap()).unwrap();
+    assert!(k.announce(c.as_raw_fd()).unwrap().is_err());
 }
 
 #[test]

@@ -35,7 +35,7 @@
 #include <linux/types.h>
 
 #define RDMASOCK_DEVICE_NAME	"rdmasock"
-#define RDMASOCK_ABI_VERSION	1
+#define RDMASOCK_ABI_VERSION	2
 #define RDMASOCK_MAX_REGIONS	4
 
 /* Endpoint states (struct rdmasock_recv.state, struct rdmasock_info.state). */
@@ -228,6 +228,43 @@ struct rdmasock_info {
 	__u32 pad;
 };
 
+/**
+ * struct rdmasock_listen - RDMASOCK_IOC_LISTEN: say that a listening socket is served
+ * @sock_fd: a listening TCP socket (AF_INET or AF_INET6) of the caller
+ * @flags: must be 0
+ *
+ * The endpoint becomes a *listener endpoint*: while its file is open and the socket
+ * listens, RDMASOCK_IOC_FIND by a process of any uid in the socket's network
+ * namespace finds it. It takes no offer and accepts none (EBUSY).
+ */
+struct rdmasock_listen {
+	__s32 sock_fd;
+	__u32 flags;
+};
+
+/**
+ * struct rdmasock_find - RDMASOCK_IOC_FIND: is this destination served?
+ * @addr: the destination address (IPv4 as IPv4-mapped IPv6)
+ * @port: the destination port, host order
+ * @pad: 0
+ * @flags: must be 0
+ * @uid: out: the listener endpoint's effective uid (caller's user ns)
+ * @pid: out: its process (caller's pid ns; 0 if not visible)
+ *
+ * Finds a listener endpoint, in the caller's network namespace, whose socket still
+ * listens on @port at @addr or at a wildcard that takes @addr (an IPv6 wildcard
+ * with IPV6_V6ONLY takes no IPv4 address; an IPv4 one takes only IPv4). Whether
+ * @addr is an address of this host is the caller's to know. ENOENT: none.
+ */
+struct rdmasock_find {
+	__u8 addr[16];
+	__u16 port;
+	__u16 pad;
+	__u32 flags;
+	__u32 uid;
+	__u32 pid;
+};
+
 /* Endpoint flags (RDMASOCK_IOC_SET_FLAGS). */
 #define RDMASOCK_EPF_DOORBELL	0x1	/* read(2) is a doorbell; mail via RECV */
 
@@ -245,12 +282,14 @@ struct rdmasock_info {
 #define RDMASOCK_IOC_RECV	_IOWR(RDMASOCK_IOC_MAGIC, 9, struct rdmasock_recv)
 #define RDMASOCK_IOC_INFO	_IOR(RDMASOCK_IOC_MAGIC, 10, struct rdmasock_info)
 #define RDMASOCK_IOC_RING_SELF	_IO(RDMASOCK_IOC_MAGIC, 11)
+#define RDMASOCK_IOC_LISTEN	_IOW(RDMASOCK_IOC_MAGIC, 12, struct rdmasock_listen)
+#define RDMASOCK_IOC_FIND	_IOWR(RDMASOCK_IOC_MAGIC, 13, struct rdmasock_find)
 
 /*
  * Errors, besides the usual EFAULT/EINVAL/ENOMEM:
  * OFFER: EBADF, ENOTSOCK, EPROTONOSUPPORT (not TCP over IPv4/IPv6), EBUSY (the
- *   endpoint is not idle).
- * ACCEPT: ENOTCONN (the socket is not connected), EBUSY (not idle), ENOENT (no
+ *   endpoint is not idle, or is a listener endpoint).
+ * ACCEPT: ENOTCONN (the socket is not connected), EBUSY (not idle, or a listener), ENOENT (no
  *   matching offer), EPERM (same_uid_only and the uids differ: the offer is refused).
  * WITHDRAW: 0 (withdrawn, or nothing offered), EISCONN (accepted first),
  *   ECONNREFUSED (refused first).
@@ -261,6 +300,9 @@ struct rdmasock_info {
  * REG: ENOSPC (all region slots used), EINVAL (bad length or flags), and the pinning
  *   and RLIMIT_MEMLOCK errors (ENOMEM, EFAULT).
  * UNREG: ENOENT.
+ * LISTEN: EBADF, ENOTSOCK, EPROTONOSUPPORT, EINVAL (the socket does not listen),
+ *   EBUSY (the endpoint is not idle, or listens already).
+ * FIND: ENOENT (no listener endpoint takes that destination).
  */
 
 #endif /* _UAPI_LINUX_RDMASOCK_H */

@@ -13,7 +13,7 @@ use std::mem::{offset_of, size_of};
 use std::os::fd::RawFd;
 
 pub const DEVICE: &str = "/dev/rdmasock";
-pub const ABI_VERSION: u32 = 1;
+pub const ABI_VERSION: u32 = 2;
 pub const MAX_REGIONS: usize = 4;
 
 /// Endpoint states.
@@ -147,6 +147,28 @@ pub struct Info {
     pub pad: u32,
 }
 
+/// `struct rdmasock_listen`
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ListenArg {
+    pub sock_fd: i32,
+    pub flags: u32,
+}
+
+/// `struct rdmasock_find`
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct FindArg {
+    /// IPv4 as IPv4-mapped IPv6.
+    pub addr: [u8; 16],
+    /// Host order.
+    pub port: u16,
+    pub pad: u16,
+    pub flags: u32,
+    pub uid: u32,
+    pub pid: u32,
+}
+
 macro_rules! layout {
     ($t:ty, $size:expr, $($field:ident @ $off:expr),* $(,)?) => {
         const _: () = assert!(size_of::<$t>() == $size);
@@ -162,6 +184,8 @@ layout!(WriteArg, 40, addr @ 0, len @ 8, offset @ 16, imm @ 24, region @ 32, fla
 layout!(NotifyArg, 16, imm @ 0, tag @ 8, flags @ 12);
 layout!(RecvArg, 40, msgs @ 0, max @ 8, count @ 12, state @ 16, pending @ 20, peer_cpu @ 24,
     peer_sleeping @ 28, reserved @ 32, pad @ 36);
+layout!(ListenArg, 8, sock_fd @ 0, flags @ 4);
+layout!(FindArg, 32, addr @ 0, port @ 16, pad @ 18, flags @ 20, uid @ 24, pid @ 28);
 layout!(Info, 56, state @ 0, flags @ 4, peer_uid @ 8, peer_pid @ 12, peer_region_len @ 16,
     mbox_depth @ 48, pad @ 52);
 
@@ -187,9 +211,11 @@ pub const IOC_NOTIFY: u64 = ioc(W, 8, size_of::<NotifyArg>());
 pub const IOC_RECV: u64 = ioc(R | W, 9, size_of::<RecvArg>());
 pub const IOC_INFO: u64 = ioc(R, 10, size_of::<Info>());
 pub const IOC_RING_SELF: u64 = ioc(NONE, 11, 0);
+pub const IOC_LISTEN: u64 = ioc(W, 12, size_of::<ListenArg>());
+pub const IOC_FIND: u64 = ioc(R | W, 13, size_of::<FindArg>());
 
 /// Every ioctl number with its name, for comparing with the C header (see the test).
-pub const IOCTLS: [(&str, u64); 12] = [
+pub const IOCTLS: [(&str, u64); 14] = [
     ("RDMASOCK_IOC_VERSION", IOC_VERSION),
     ("RDMASOCK_IOC_SET_FLAGS", IOC_SET_FLAGS),
     ("RDMASOCK_IOC_REG", IOC_REG),
@@ -202,6 +228,8 @@ pub const IOCTLS: [(&str, u64); 12] = [
     ("RDMASOCK_IOC_RECV", IOC_RECV),
     ("RDMASOCK_IOC_INFO", IOC_INFO),
     ("RDMASOCK_IOC_RING_SELF", IOC_RING_SELF),
+    ("RDMASOCK_IOC_LISTEN", IOC_LISTEN),
+    ("RDMASOCK_IOC_FIND", IOC_FIND),
 ];
 
 /// Sizes and offsets as `abi_dump` (mailbox-driver/test/abi_dump.c) names them.
@@ -224,6 +252,11 @@ pub fn layout_table() -> Vec<(&'static str, u64)> {
         ("sizeof(rdmasock_recv)", size_of::<RecvArg>() as u64),
         ("offsetof(rdmasock_recv.peer_sleeping)", offset_of!(RecvArg, peer_sleeping) as u64),
         ("offsetof(rdmasock_recv.pad)", offset_of!(RecvArg, pad) as u64),
+        ("sizeof(rdmasock_listen)", size_of::<ListenArg>() as u64),
+        ("sizeof(rdmasock_find)", size_of::<FindArg>() as u64),
+        ("offsetof(rdmasock_find.port)", offset_of!(FindArg, port) as u64),
+        ("offsetof(rdmasock_find.uid)", offset_of!(FindArg, uid) as u64),
+        ("offsetof(rdmasock_find.pid)", offset_of!(FindArg, pid) as u64),
         ("sizeof(rdmasock_info)", size_of::<Info>() as u64),
         ("offsetof(rdmasock_info.peer_region_len)", offset_of!(Info, peer_region_len) as u64),
         ("offsetof(rdmasock_info.mbox_depth)", offset_of!(Info, mbox_depth) as u64),
@@ -334,6 +367,22 @@ pub fn info(fd: RawFd) -> io::Result<Info> {
     // SAFETY: INFO writes an Info.
     unsafe { ioctl(fd, IOC_INFO, io_ptr(&mut i))? };
     Ok(i)
+}
+
+/// Make the endpoint `fd` the listener endpoint of our listening socket `sock_fd`.
+pub fn listen(fd: RawFd, sock_fd: RawFd) -> io::Result<()> {
+    let mut l = ListenArg { sock_fd, flags: 0 };
+    // SAFETY: LISTEN reads a ListenArg.
+    unsafe { ioctl(fd, IOC_LISTEN, io_ptr(&mut l)) }.map(drop)
+}
+
+/// The uid and pid of a listener endpoint that takes connections to `addr` (IPv4 as
+/// IPv4-mapped IPv6) port `port`; ENOENT: none.
+pub fn find(fd: RawFd, addr: [u8; 16], port: u16) -> io::Result<(u32, u32)> {
+    let mut f = FindArg { addr, port, ..Default::default() };
+    // SAFETY: FIND reads and writes a FindArg.
+    unsafe { ioctl(fd, IOC_FIND, io_ptr(&mut f))? };
+    Ok((f.uid, f.pid))
 }
 
 pub fn ring_self(fd: RawFd) -> io::Result<()> {
