@@ -519,18 +519,30 @@ pub fn tcp_state(fd: i32) -> Option<u8> {
     Some(info[0])
 }
 
-/// Decisions made by this process, for RDMASOCK_LOG=summary: [connect, accept] x [shm,
-/// tcp], and the first reason a connection of each kind stayed on TCP.
-static DECIDED: [[AtomicU64; 2]; 2] = [[AtomicU64::new(0), AtomicU64::new(0)], [AtomicU64::new(0), AtomicU64::new(0)]];
+/// Columns of the decision counts: one per fabric (`choice::NAMES`), then TCP.
+const COLS: usize = rdmasock_transport::choice::NAMES.len() + 1;
+const TCP_COL: usize = COLS - 1;
+
+/// Decisions made by this process, for RDMASOCK_LOG=summary: [connect, accept] x
+/// [each fabric, tcp], and the first reason a connection of each kind stayed on TCP.
+static DECIDED: [[AtomicU64; COLS]; 2] = [const { [const { AtomicU64::new(0) }; COLS] }; 2];
 static FIRST_TCP_REASON: [AtomicU8; 2] = [AtomicU8::new(0), AtomicU8::new(0)];
 
-/// The summary line's text (None if this process decided nothing): "connect shm=N tcp=M
-/// [reason=R] accept shm=N tcp=M [reason=R]".
+/// The summary line's text (None if this process decided nothing): "connect shm=N
+/// [kmod=K] tcp=M [reason=R] accept shm=N [kmod=K] tcp=M [reason=R]": shm always, every
+/// other fabric when it carried a connection.
 pub fn decisions_summary() -> Option<String> {
     let mut out = String::new();
     for (i, what) in ["connect", "accept"].into_iter().enumerate() {
-        let (shm, tcp) = (DECIDED[i][0].load(Ordering::Relaxed), DECIDED[i][1].load(Ordering::Relaxed));
-        out += &format!("{}{what} shm={shm} tcp={tcp}", if i > 0 { " " } else { "" });
+        out += &format!("{}{what}", if i > 0 { " " } else { "" });
+        for (k, (name, _)) in rdmasock_transport::choice::NAMES.iter().enumerate() {
+            let n = DECIDED[i][k].load(Ordering::Relaxed);
+            if k == 0 || n > 0 {
+                out += &format!(" {name}={n}");
+            }
+        }
+        let tcp = DECIDED[i][TCP_COL].load(Ordering::Relaxed);
+        out += &format!(" tcp={tcp}");
         let r = FIRST_TCP_REASON[i].load(Ordering::Relaxed);
         if tcp > 0 && r != 0 {
             out += &format!(" reason={}", Reason::from_u8(r).as_str());
@@ -545,12 +557,12 @@ pub fn forget_decisions() {
     FIRST_TCP_REASON.iter().for_each(|r| r.store(0, Ordering::Relaxed));
 }
 
-/// `fabric`: the fabric's name if the connection is on one (None: kernel TCP).
+/// `on`: the fabric's name if the connection is on one (None: kernel TCP).
 pub fn log_decision(what: &str, fd: i32, local: Option<SockAddr>, peer: Option<SockAddr>, on: Option<&'static str>, reason: Reason) {
-    let fabric = on.is_some();
     let i = (what != "connect") as usize;
-    DECIDED[i][!fabric as usize].fetch_add(1, Ordering::Relaxed);
-    if !fabric {
+    let col = on.and_then(|name| rdmasock_transport::choice::NAMES.iter().position(|(n, _)| *n == name)).unwrap_or(TCP_COL);
+    DECIDED[i][col].fetch_add(1, Ordering::Relaxed);
+    if on.is_none() {
         let _ = FIRST_TCP_REASON[i].compare_exchange(0, reason as u8, Ordering::Relaxed, Ordering::Relaxed);
     }
     let show = |a: Option<SockAddr>| a.map(|a| a.to_string()).unwrap_or_else(|| "?".into());
