@@ -13,7 +13,7 @@ pub struct Decision {
     pub op: String,
     pub local: String,
     pub peer: String,
-    /// "shm" or "tcp".
+    /// A fabric's name ("shm", "kmod", ...) or "tcp".
     pub path: String,
     /// Present exactly when path is tcp.
     pub reason: Option<String>,
@@ -51,9 +51,11 @@ fn parse_line(line: &str) -> Option<Decision> {
     field("fd").parse::<i32>().unwrap_or_else(|_| bad("fd"));
     let path = field("path");
     let reason = fields.get("reason").map(|r| r.to_string());
+    let fabric_name = !path.is_empty() && path != "tcp" && path.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit());
     match (path.as_str(), &reason) {
-        ("shm", None) | ("tcp", Some(_)) => {}
-        _ => bad("path must be shm without a reason or tcp with one"),
+        ("tcp", Some(_)) => {}
+        (_, None) if fabric_name => {}
+        _ => bad("path must be a fabric's name without a reason, or tcp with one"),
     }
     Some(Decision {
         op: op.to_string(),

@@ -1,5 +1,6 @@
-//! Both sides shimmed: every connection must go over the shm fabric (path=shm)
-//! and behave exactly as over TCP.
+//! Both sides shimmed: every connection must go over the fabric under test
+//! (path=shm; `RDMASOCK_CONFORMANCE_FABRIC=kmod` in the VM: path=kmod) and behave
+//! exactly as over TCP.
 //!
 //! Runs every scenario of `util/scenarios.rs` with the client shimmed and the
 //! server shimmed.

@@ -11,8 +11,13 @@
 # ("KMOD-BENCH: ...", printed at the end, not a criterion). The VM prints
 # "KMOD-TESTS: N passed, M failed".
 #
+# The VM also runs the conformance matrix on the kmod fabric (the four shim/plain
+# combinations and the semantics table of conformance/tests/, each shimmed run compared
+# with kernel TCP as on the host; "KMOD-MATRIX: ...", also counted in the total).
+#
 # Exit status: 0 only if that line came with M = 0 and N > 0 and the KMOD-SHIM-TESTS
-# line is there; non-zero on any failure, a crash, or the 300 s timeout. Installs what it needs (as root, Debian 12):
+# and KMOD-MATRIX lines are there; non-zero on any failure, a crash, or the 900 s
+# timeout. Installs what it needs (as root, Debian 12):
 # qemu-system-x86, busybox-static, cpio, build-essential, and the newest
 # linux-image/linux-headers 6.1 pair unless a matching pair is installed already.
 #
@@ -122,11 +127,36 @@ RDMASOCK_ABI_DUMP=$out/abi.txt "$rust_bin" --exact abi_matches_the_c_header >"$o
     log "building the shim or pingpong failed"
     exit 1
 }
-for prog in stream killpeer; do
+for prog in stream killpeer threadsock; do
     cc -O2 -D_FORTIFY_SOURCE=2 -Wall -Werror -pthread -o "$out/$prog" "$root/conformance/c/$prog.c"
 done
 shim_bins=("$CARGO_TARGET_DIR/release/librdmasock.so" "$CARGO_TARGET_DIR/release/rdmasock"
-    "$CARGO_TARGET_DIR/release/pingpong" "$out/stream" "$out/killpeer")
+    "$CARGO_TARGET_DIR/release/pingpong" "$out/stream" "$out/killpeer" "$out/threadsock")
+
+# The conformance matrix (the four shim/plain combinations and the semantics table,
+# conformance/tests/), built here and run in the VM on the kmod fabric
+# (RDMASOCK_CONFORMANCE_FABRIC=kmod, with the programs the harness copies in).
+matrix=(shim_shim shimclient_plainserver plainclient_shimserver plain_plain semantics)
+(cd "$root" && cargo test --release -p rdmasock-conformance $(printf -- '--test %s ' "${matrix[@]}") --no-run \
+    --message-format=json 2>"$out/cargo-conf.log") >"$out/conf.json" || {
+    cat "$out/cargo-conf.log" >&2
+    log "building the conformance matrix failed"
+    exit 1
+}
+conf_bins=()
+for t in "${matrix[@]}"; do
+    exe=$(/usr/bin/python3 -c '
+import json, sys
+for l in open(sys.argv[1]):
+    m = json.loads(l)
+    if m.get("reason") == "compiler-artifact" and m["target"]["name"] == sys.argv[2] and "test" in m["target"]["kind"] and m.get("executable"):
+        print(m["executable"])' "$out/conf.json" "$t" | tail -n 1)
+    [ -x "$exe" ] || {
+        log "no test binary for conformance/tests/$t.rs"
+        exit 1
+    }
+    conf_bins+=("$exe")
+done
 
 # --- the initramfs ----------------------------------------------------------------
 ir=$out/initramfs
@@ -151,12 +181,19 @@ done
 cp "$out/kmod_test" "$ir/kmod_test"
 cp "$out/asuser" "$ir/bin/asuser"
 cp "$rust_bin" "$ir/kmod-rust"
+mkdir -p "$ir/conf/bin"
+for i in "${!matrix[@]}"; do
+    strip -o "$ir/conf/${matrix[$i]}" "${conf_bins[$i]}"
+done
+for b in rstream semantics; do
+    strip -o "$ir/conf/bin/$b" "$CARGO_TARGET_DIR/release/$b"
+done
 mkdir -p "$ir/shim"
 for b in "${shim_bins[@]}"; do
     strip -o "$ir/shim/$(basename "$b")" "$b"
 done
 # the binaries' shared libraries and the dynamic loader, at the same paths
-for lib in $(ldd "$rust_bin" "${shim_bins[@]}" | grep -o '/[^ ]*' | grep -v ':$' | sort -u); do
+for lib in $(ldd "$rust_bin" "${shim_bins[@]}" "${conf_bins[@]}" | grep -o '/[^ ]*' | grep -v ':$' | sort -u); do
     mkdir -p "$ir$(dirname "$lib")"
     cp -L "$lib" "$ir$lib"
 done
@@ -167,7 +204,7 @@ printf 'root:x:0:\nnogroup:x:65534:\n' >"$ir/etc/group"
 # --- boot -------------------------------------------------------------------------
 log "booting $vmlinuz (qemu TCG, 2 vCPUs, 1 GiB, no network)"
 set +e
-timeout 300 qemu-system-x86_64 -accel tcg -smp 2 -m 1G -nographic -no-reboot \
+timeout 900 qemu-system-x86_64 -accel tcg -smp 2 -m 1G -nographic -no-reboot \
     -nic none -kernel "$vmlinuz" -initrd "$out/initramfs.cpio.gz" \
     -append "console=ttyS0 panic=-1 quiet loglevel=4" </dev/null 2>&1 |
     tr -d '\r' | tee "$out/console.log"
@@ -176,10 +213,11 @@ set -e
 
 summary=$(grep -a "^KMOD-TESTS: [0-9]* passed, [0-9]* failed" "$out/console.log" | tail -n 1 || true)
 shim_summary=$(grep -a "^KMOD-SHIM-TESTS: [0-9]* passed, [0-9]* failed" "$out/console.log" | tail -n 1 || true)
+matrix_summary=$(grep -a "^KMOD-MATRIX: [0-9]* passed, [0-9]* failed" "$out/console.log" | tail -n 1 || true)
 bench=$(grep -a "^KMOD-BENCH: " "$out/console.log" | tail -n 1 || true)
 elapsed=$(($(date +%s) - start))
 if [ "$qrc" = 124 ]; then
-    log "timed out after 300 s (${elapsed} s in all)"
+    log "timed out after 900 s (${elapsed} s in all)"
     exit 1
 fi
 if [ -z "$summary" ]; then
@@ -189,7 +227,8 @@ fi
 passed=$(echo "$summary" | sed 's/.*: \([0-9]*\) passed.*/\1/')
 failed=$(echo "$summary" | sed 's/.* \([0-9]*\) failed.*/\1/')
 log "${shim_summary:-no KMOD-SHIM-TESTS line}"
+log "${matrix_summary:-no KMOD-MATRIX line}"
 log "${bench:-no KMOD-BENCH line}"
 log "$summary (${elapsed} s)"
 # the shim's tests are counted in KMOD-TESTS too; their own line must be there
-[ "$failed" = 0 ] && [ "$passed" -gt 0 ] && [ -n "$shim_summary" ]
+[ "$failed" = 0 ] && [ "$passed" -gt 0 ] && [ -n "$shim_summary" ] && [ -n "$matrix_summary" ]

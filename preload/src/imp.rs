@@ -65,6 +65,20 @@ pub(crate) fn boundary<T: Copy>(fail: T, f: impl FnOnce() -> Result<T, i32>) -> 
     }
 }
 
+/// The shim's bookkeeping after a call the kernel has already made (close, dup): a
+/// panic in it is contained (logged; the kernel's result stands, errno as the kernel
+/// left it), and the shim's own calls inside it go straight to libc.
+pub(crate) fn contained(f: impl FnOnce()) {
+    let saved = errno();
+    let was = IN_SHIM.with(|g| g.replace(true));
+    let r = std::panic::catch_unwind(AssertUnwindSafe(f));
+    IN_SHIM.with(|g| g.set(was));
+    if r.is_err() {
+        crate::log::raw_stderr(b"rdmasock: internal error (panic) contained after close/dup\n");
+    }
+    set_errno(saved);
+}
+
 pub(crate) fn reentered() -> bool {
     IN_SHIM.with(|g| g.get())
 }
@@ -1257,17 +1271,18 @@ pub unsafe fn close(fd: c_int) -> c_int {
         PLAIN.set(fd, false);
     }
     if TRACKED.get(fd) && !state::foreign() {
-        let e = table::remove(fd);
+        let mut e = None;
+        contained(|| e = table::remove(fd));
         let r = (real().close)(fd);
-        let saved = errno();
-        drop(e);
-        if rdmasock_transport::registry::peer_end_seen() {
-            // A peer died or left: its records go now, not at some later listen or stat.
-            if let Some(reg) = state::registry_if_any() {
-                reg.sweep_if_due();
+        contained(|| {
+            drop(e);
+            if rdmasock_transport::registry::peer_end_seen() {
+                // A peer died or left: its records go now, not at some later listen or stat.
+                if let Some(reg) = state::registry_if_any() {
+                    reg.sweep_if_due();
+                }
             }
-        }
-        set_errno(saved);
+        });
         return r;
     }
     (real().close)(fd)
@@ -1282,9 +1297,11 @@ pub unsafe fn close_range(first: c_uint, last: c_uint, flags: c_int) -> c_int {
         return (real().close_range)(first, last, flags);
     }
     let mut dropped = Vec::new();
-    for fd in TRACKED.set_in(first, last) {
-        dropped.push(table::remove(fd));
-    }
+    contained(|| {
+        for fd in TRACKED.set_in(first, last) {
+            dropped.push(table::remove(fd));
+        }
+    });
     for fd in PLAIN.set_in(first, last) {
         PLAIN.set(fd, false);
     }
@@ -1301,9 +1318,7 @@ pub unsafe fn close_range(first: c_uint, last: c_uint, flags: c_int) -> c_int {
     if from <= last as u64 {
         r |= (real().close_range)(from as c_uint, last, flags);
     }
-    let saved = errno();
-    drop(dropped);
-    set_errno(saved);
+    contained(|| drop(dropped));
     if r != 0 { -1 } else { 0 }
 }
 
@@ -1315,9 +1330,11 @@ fn dup_track(old: c_int, new: c_int) {
         PLAIN.set(new, false);
     }
     if new >= 0 && TRACKED.get(old) && !state::foreign() {
-        if let Some(e) = table::get(old) {
-            table::insert(new, e);
-        }
+        contained(|| {
+            if let Some(e) = table::get(old) {
+                table::insert(new, e);
+            }
+        });
     }
 }
 
@@ -1334,14 +1351,14 @@ unsafe fn dup_onto(old: c_int, new: c_int, call: impl FnOnce() -> c_int) -> c_in
         return -1;
     }
     let r = call();
-    let saved = errno();
     if r >= 0 && old != new && !state::foreign() {
         // `new` was closed by the kernel as part of the call; it now names `old`'s socket.
-        let prior = table::remove(new);
-        dup_track(old, r);
-        drop(prior);
+        contained(|| {
+            let prior = table::remove(new);
+            dup_track(old, r);
+            drop(prior);
+        });
     }
-    set_errno(saved);
     r
 }
 

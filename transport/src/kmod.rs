@@ -58,27 +58,8 @@ mod tag {
     pub const LEFT: u32 = 4;
 }
 
-/// Local (process-private) state bits of a stream.
-mod local {
-    pub const RD_SHUT: u32 = 1;
-    pub const WR_SHUT: u32 = 2;
-    /// The peer is gone (released, or left the ring).
-    pub const PEER_GONE: u32 = 4;
-    /// A reset is pending for the next call that can report it (ECONNRESET).
-    pub const ERR_RESET: u32 = 8;
-    /// What the peer never consumed was re-sent over the kernel socket.
-    pub const MOVED: u32 = 16;
-    /// The peer shut down writing.
-    pub const PEER_WR_SHUT: u32 = 32;
-    /// The peer broke the protocol; treated as a reset.
-    pub const BROKEN: u32 = 64;
-    /// We left the ring (our socket is being passed on).
-    pub const LEFT: u32 = 128;
-    /// The peer's exact consumption is known (its close value or its LEFT notice).
-    pub const FINAL_HEAD: u32 = 256;
-    /// The peer left the ring (LEFT notice).
-    pub const PEER_LEFT: u32 = 512;
-}
+/// The state bits (shared by every fabric: crate::tcpstate).
+use crate::tcpstate::{self, bit as local, ConnState, RingIo};
 
 /// Messages taken per RECV.
 const RECV_BATCH: usize = 32;
@@ -202,7 +183,7 @@ pub struct KmodStream {
     kstate: AtomicU32,
     peer_cpu: AtomicU32,
     peer_sleeping: AtomicU32,
-    flags: AtomicU32,
+    flags: ConnState,
     shared: AtomicBool,
     bell: LocalBell,
 }
@@ -216,7 +197,16 @@ impl KmodStream {
             None => (0, 0),
         };
         let sane = (crate::layout::RING_MIN..=crate::layout::RING_MAX).contains(&tx_cap);
-        let flags = if sane { 0 } else { local::BROKEN | local::PEER_GONE | local::ERR_RESET };
+        // A peer already gone when we look (it closed before our first use of a claimed
+        // offer) left no ring to write to; that is no protocol error: its bytes and its
+        // close value are in our mailbox, and the connection moves back to TCP after them
+        // (EOF or a reset as its kernel socket says, as Linux). Any other missing or
+        // impossible ring is a reset.
+        let flags = match (sane, info.state) {
+            (true, _) => 0,
+            (false, uapi::state::CLOSED) if found.is_none() => local::PEER_GONE,
+            _ => local::BROKEN | local::PEER_GONE | local::ERR_RESET,
+        };
         let tx_cap = if sane { tx_cap } else { 0 };
         KmodStream {
             sock,
@@ -237,7 +227,7 @@ impl KmodStream {
             kstate: AtomicU32::new(info.state),
             peer_cpu: AtomicU32::new(u32::MAX),
             peer_sleeping: AtomicU32::new(0),
-            flags: AtomicU32::new(flags),
+            flags: ConnState::new(flags),
             shared: AtomicBool::new(false),
             bell: LocalBell::default(),
         }
@@ -447,26 +437,9 @@ impl KmodStream {
         self.set(local::MOVED);
     }
 
-    /// Why a write cannot go into the ring, if it cannot.
+    /// Why a write cannot go into the ring, if it cannot (crate::tcpstate).
     fn write_refusal(&self) -> Option<StreamError> {
-        let f = self.flags.load(Ordering::Acquire);
-        if f & local::WR_SHUT != 0 {
-            return Some(StreamError::Pipe);
-        }
-        if f & local::ERR_RESET != 0 {
-            return Some(StreamError::Reset);
-        }
-        if f & local::BROKEN != 0 {
-            return Some(StreamError::Pipe);
-        }
-        if f & local::LEFT != 0 {
-            return Some(StreamError::Moved);
-        }
-        if f & local::PEER_GONE != 0 {
-            self.move_to_kernel();
-            return Some(StreamError::Moved);
-        }
-        None
+        tcpstate::write_refusal(self)
     }
 
     /// Write `len` bytes of the shadow at `tail` into the peer's ring (at most two
@@ -511,33 +484,9 @@ impl KmodStream {
         }
     }
 
-    /// The receive ring was empty: end of stream, an error, the move to the kernel
-    /// socket, or nothing yet. `Ok(Some(0))`: EOF; `Ok(None)`: data appeared.
+    /// The receive ring was empty: what it means (crate::tcpstate).
     fn empty_outcome(&self) -> Result<Option<usize>, StreamError> {
-        if self.has(local::RD_SHUT) {
-            return Ok(Some(0));
-        }
-        if self.has(local::BROKEN) {
-            return if self.has(local::ERR_RESET) { Err(StreamError::Reset) } else { Ok(Some(0)) };
-        }
-        // Flags are read after the ring was seen empty; re-check the ring after them: a
-        // half-close or a release is applied after the completions posted before it.
-        let shut = self.has(local::PEER_WR_SHUT);
-        let gone = !shut && self.has(local::PEER_GONE);
-        if shut || gone {
-            if self.rx_avail() > 0 {
-                return Ok(None);
-            }
-            if gone {
-                self.move_to_kernel();
-                if self.has(local::ERR_RESET) {
-                    return Err(StreamError::Reset);
-                }
-                return Err(StreamError::Moved);
-            }
-            return Ok(Some(0));
-        }
-        Err(StreamError::WouldBlock)
+        tcpstate::empty_outcome(self)
     }
 
     /// Copy out of the receive ring; the caller holds the rx lock.
@@ -580,6 +529,42 @@ fn runs(pos: u64, len: u64, cap: u64) -> impl Iterator<Item = (u64, u64)> {
     [(off, first), (0, len - first)].into_iter().filter(|&(_, n)| n > 0)
 }
 
+
+impl RingIo for KmodStream {
+    fn state(&self) -> &ConnState {
+        &self.flags
+    }
+
+    fn ring_avail(&self) -> Result<u64, StreamError> {
+        Ok(self.rx_avail())
+    }
+
+    fn tx_room(&self) -> bool {
+        self.tx_free(self.tx_tail.load(Ordering::Acquire)) > 0
+    }
+
+    fn peer_wr_shut(&self) -> bool {
+        self.has(local::PEER_WR_SHUT)
+    }
+
+    fn peer_left(&self) -> bool {
+        self.has(local::PEER_LEFT)
+    }
+
+    /// Any readiness check first drains the mailbox (completions, credits, the peer's
+    /// half-close and departure).
+    fn refresh(&self) {
+        self.pump();
+    }
+
+    fn move_to_kernel(&self) {
+        KmodStream::move_to_kernel(self)
+    }
+
+    fn kernel_fd(&self) -> RawFd {
+        self.sock.as_raw_fd()
+    }
+}
 
 impl Stream for KmodStream {
     fn fabric(&self) -> &'static str {
@@ -785,62 +770,19 @@ impl Stream for KmodStream {
     }
 
     fn has_data(&self) -> bool {
-        if self.has(local::LEFT) {
-            return true;
-        }
-        if self.rx_avail() > 0 {
-            return true;
-        }
-        self.pump();
-        self.rx_avail() > 0 || self.has(local::RD_SHUT | local::PEER_GONE | local::PEER_WR_SHUT | local::BROKEN)
+        tcpstate::has_data(self)
     }
 
     fn has_space(&self) -> bool {
-        let stop = local::WR_SHUT | local::PEER_GONE | local::ERR_RESET | local::BROKEN | local::LEFT;
-        if self.has(stop) || self.tx_free(self.tx_tail.load(Ordering::Acquire)) > 0 {
-            return true;
-        }
-        self.pump();
-        self.has(stop) || self.tx_free(self.tx_tail.load(Ordering::Acquire)) > 0
+        tcpstate::has_space(self)
     }
 
     fn poll_events(&self) -> i16 {
-        self.pump();
-        let f = self.flags.load(Ordering::Acquire);
-        let mut ev: i16 = 0;
-        let avail = self.rx_avail();
-        let rcv_shut = f & (local::RD_SHUT | local::PEER_WR_SHUT | local::BROKEN) != 0;
-        let snd_shut = f & (local::WR_SHUT | local::BROKEN) != 0;
-        if f & local::PEER_GONE != 0 {
-            // The end of the stream is the kernel socket's now.
-            let mut p = [libc::pollfd { fd: self.sock.as_raw_fd(), events: libc::POLLIN | libc::POLLOUT | libc::POLLRDHUP, revents: 0 }];
-            if sys::poll(&mut p, 0).is_ok() {
-                ev |= p[0].revents & (libc::POLLRDHUP | libc::POLLHUP | libc::POLLERR);
-                if p[0].revents & (libc::POLLRDHUP | libc::POLLHUP | libc::POLLERR) != 0 {
-                    ev |= libc::POLLIN | libc::POLLRDNORM;
-                }
-            }
-        }
-        if rcv_shut && snd_shut {
-            ev |= libc::POLLHUP;
-        }
-        if rcv_shut {
-            ev |= libc::POLLIN | libc::POLLRDNORM | libc::POLLRDHUP;
-        }
-        if avail > 0 {
-            ev |= libc::POLLIN | libc::POLLRDNORM;
-        }
-        if snd_shut || f & local::PEER_GONE != 0 || self.tx_free(self.tx_tail.load(Ordering::Acquire)) > 0 {
-            ev |= libc::POLLOUT | libc::POLLWRNORM;
-        }
-        if f & local::ERR_RESET != 0 {
-            ev |= libc::POLLERR | libc::POLLHUP | libc::POLLRDHUP | libc::POLLIN | libc::POLLRDNORM;
-        }
-        ev
+        tcpstate::poll_events(self)
     }
 
     fn take_error(&self) -> bool {
-        self.flags.fetch_and(!local::ERR_RESET, Ordering::AcqRel) & local::ERR_RESET != 0
+        self.flags.take_error()
     }
 
     fn progress(&self) -> (u64, u64) {

@@ -25,4 +25,5 @@ pub mod ring;
 pub mod shm;
 pub mod stats;
 pub mod sys;
+pub mod tcpstate;
 pub mod wait;

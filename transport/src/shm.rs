@@ -30,27 +30,8 @@ use std::mem::ManuallyDrop;
 use std::sync::Arc;
 use std::time::Duration;
 
-/// Local (process-private) state bits of a stream.
-mod local {
-    pub const RD_SHUT: u32 = 1;
-    pub const WR_SHUT: u32 = 2;
-    /// The doorbell hung up.
-    pub const PEER_GONE: u32 = 4;
-    /// A reset is pending for the next call that can report it (ECONNRESET).
-    pub const ERR_RESET: u32 = 8;
-    /// The bytes the peer never consumed were re-sent over the kernel socket: writes
-    /// now go there, and reads too once the ring is empty.
-    pub const MOVED: u32 = 16;
-    /// The peer broke the protocol (an impossible index); treated as a reset.
-    pub const BROKEN: u32 = 64;
-    /// We left the ring (our socket was passed on): every call is the kernel socket's,
-    /// and the peer re-sends what we had not consumed.
-    pub const LEFT: u32 = 128;
-    /// The move back is under way: the bytes the peer never consumed are being re-sent
-    /// (from `resend_at`), without blocking; writes wait (EAGAIN, or a wait on the
-    /// kernel socket) until they are all in the kernel socket, then MOVED is set.
-    pub const RESENDING: u32 = 256;
-}
+/// The state bits (shared by every fabric: crate::tcpstate).
+use crate::tcpstate::{self, bit as local, ConnState, RingIo};
 
 /// How often a writer that never blocks checks that its peer still exists (read on the
 /// coarse clock, every message: so once per kernel tick where the tick is longer).
@@ -71,7 +52,7 @@ pub struct ShmStream {
     /// The doorbell pipes' inodes (the client's, the server's), for the pool.
     bell_ino: (u64, u64),
     bell: LocalBell,
-    flags: AtomicU32,
+    flags: ConnState,
     last_liveness_ns: AtomicU64,
     /// SO_SNDBUF as the application asked for it (0: not set).
     sndbuf: AtomicU32,
@@ -122,7 +103,7 @@ impl ShmStream {
             bell_tx: ManuallyDrop::new(bells.tx),
             bell_ino: bells.ino,
             bell: LocalBell::default(),
-            flags: AtomicU32::new(0),
+            flags: ConnState::new(0),
             last_liveness_ns: AtomicU64::new(sys::coarse_now_ns()),
             shared: AtomicBool::new(false),
             sndbuf: AtomicU32::new(0),
@@ -237,26 +218,9 @@ impl ShmStream {
         false
     }
 
-    /// Why a write cannot go into the ring, if it cannot.
+    /// Why a write cannot go into the ring, if it cannot (crate::tcpstate).
     fn write_refusal(&self) -> Option<StreamError> {
-        let f = self.flags.load(Ordering::Acquire);
-        if f & local::WR_SHUT != 0 {
-            return Some(StreamError::Pipe);
-        }
-        if f & local::ERR_RESET != 0 {
-            // As Linux: the pending error is reported once (ECONNRESET, consumed by the
-            // caller with take_error).
-            return Some(StreamError::Reset);
-        }
-        if f & local::BROKEN != 0 {
-            return Some(StreamError::Pipe);
-        }
-        if f & local::PEER_GONE != 0 {
-            self.move_to_kernel();
-            // The re-send is not done: nothing may go to the kernel socket before it.
-            return Some(if self.has(local::RESENDING) { StreamError::WouldBlock } else { StreamError::Moved });
-        }
-        None
+        tcpstate::write_refusal(self)
     }
 
     /// The peer is gone: re-send what it never consumed over the kernel socket (in
@@ -426,6 +390,54 @@ impl ShmStream {
     }
 }
 
+impl RingIo for ShmStream {
+    fn state(&self) -> &ConnState {
+        &self.flags
+    }
+
+    fn ring_avail(&self) -> Result<u64, StreamError> {
+        self.rx_avail().map_err(|_| self.broken())
+    }
+
+    fn tx_room(&self) -> bool {
+        !matches!(self.view_tx().free(), Ok(0))
+    }
+
+    fn peer_wr_shut(&self) -> bool {
+        self.rx.lock().peer_flags() & pflags::WR_SHUT != 0
+    }
+
+    fn peer_left(&self) -> bool {
+        ShmStream::peer_left(self)
+    }
+
+    /// The doorbell's hang-up costs a system call to see: looked at most once per
+    /// LIVENESS_CHECK_NS here. A read on an empty ring is the common case of a
+    /// ping-pong, where the next bytes come within a microsecond; a hang-up is also seen
+    /// by every wait (blocking calls, poll, select, epoll), which sets PEER_GONE.
+    fn peer_gone_now(&self) -> bool {
+        self.has(local::PEER_GONE) || ShmStream::peer_left(self) || self.liveness_due() && self.probe_gone()
+    }
+
+    fn before_poll(&self) {
+        if !self.has(local::PEER_GONE) {
+            ShmStream::peer_left(self);
+        }
+    }
+
+    fn move_to_kernel(&self) {
+        ShmStream::move_to_kernel(self)
+    }
+
+    fn continue_move(&self) {
+        self.continue_resend();
+    }
+
+    fn kernel_fd(&self) -> RawFd {
+        self.sock.as_raw_fd()
+    }
+}
+
 impl Stream for ShmStream {
     fn fabric(&self) -> &'static str {
         "shm"
@@ -578,76 +590,15 @@ impl Stream for ShmStream {
     }
 
     fn has_data(&self) -> bool {
-        if self.has(local::LEFT) || self.peer().flags.load(Ordering::Acquire) & layout::side::LEFT != 0 {
-            return true;
-        }
-        match self.rx_avail() {
-            Ok(0) => {}
-            _ => return true,
-        }
-        let f = self.flags.load(Ordering::Acquire);
-        f & (local::RD_SHUT | local::PEER_GONE) != 0 || self.rx.lock().peer_flags() & pflags::WR_SHUT != 0
+        tcpstate::has_data(self)
     }
 
     fn has_space(&self) -> bool {
-        if self.flags.load(Ordering::Acquire) & (local::WR_SHUT | local::PEER_GONE | local::ERR_RESET | local::BROKEN | local::LEFT) != 0
-            || self.peer().flags.load(Ordering::Acquire) & layout::side::LEFT != 0
-        {
-            return true;
-        }
-        !matches!(self.view_tx().free(), Ok(0))
+        tcpstate::has_space(self)
     }
 
     fn poll_events(&self) -> i16 {
-        if !self.has(local::PEER_GONE) && self.peer().flags.load(Ordering::Acquire) & layout::side::LEFT != 0 {
-            self.ring_gone();
-        }
-        // As Linux tcp_poll: RCV_SHUTDOWN gives IN|RDHUP, both shut gives HUP, a send
-        // side that is shut never blocks (OUT), a pending error gives ERR.
-        let f = self.flags.load(Ordering::Acquire);
-        let mut ev: i16 = 0;
-        let avail = self.rx_avail();
-        let peer_wr_shut = self.rx.lock().peer_flags() & pflags::WR_SHUT != 0;
-        // A gone peer with bytes left in the ring: readable (the bytes), writable (the
-        // kernel socket takes writes from now on); once the ring is empty the caller
-        // asks the kernel socket instead (`moved`).
-        let rcv_shut = f & local::RD_SHUT != 0 || peer_wr_shut || f & local::BROKEN != 0;
-        let snd_shut = f & (local::WR_SHUT | local::BROKEN) != 0;
-        let mut kernel_out = false;
-        if f & local::PEER_GONE != 0 {
-            if f & local::RESENDING != 0 {
-                self.continue_resend();
-            }
-            // Bytes are left in the ring, but the end of the stream is the kernel
-            // socket's now: its FIN or reset shows as Linux shows them.
-            let mut p = [libc::pollfd { fd: self.sock.as_raw_fd(), events: libc::POLLIN | libc::POLLOUT | libc::POLLRDHUP, revents: 0 }];
-            if sys::poll(&mut p, 0).is_ok() {
-                kernel_out = p[0].revents & libc::POLLOUT != 0;
-                ev |= p[0].revents & (libc::POLLRDHUP | libc::POLLHUP | libc::POLLERR);
-                if p[0].revents & (libc::POLLRDHUP | libc::POLLHUP | libc::POLLERR) != 0 {
-                    ev |= libc::POLLIN | libc::POLLRDNORM;
-                }
-            }
-        }
-        if rcv_shut && snd_shut {
-            ev |= libc::POLLHUP;
-        }
-        if rcv_shut {
-            ev |= libc::POLLIN | libc::POLLRDNORM | libc::POLLRDHUP;
-        }
-        if !matches!(avail, Ok(0)) {
-            ev |= libc::POLLIN | libc::POLLRDNORM;
-        }
-        // While the re-send of a move back is unfinished, writable is the kernel
-        // socket's word (a write then continues the re-send).
-        let resending = self.has(local::RESENDING);
-        if snd_shut || (f & local::PEER_GONE != 0 && (!resending || kernel_out)) || (f & local::PEER_GONE == 0 && self.has_space()) {
-            ev |= libc::POLLOUT | libc::POLLWRNORM;
-        }
-        if f & local::ERR_RESET != 0 {
-            ev |= libc::POLLERR | libc::POLLHUP | libc::POLLRDHUP | libc::POLLIN | libc::POLLRDNORM;
-        }
-        ev
+        tcpstate::poll_events(self)
     }
 
     fn progress(&self) -> (u64, u64) {
@@ -662,7 +613,7 @@ impl Stream for ShmStream {
     }
 
     fn take_error(&self) -> bool {
-        self.flags.fetch_and(!local::ERR_RESET, Ordering::AcqRel) & local::ERR_RESET != 0
+        self.flags.take_error()
     }
 
     fn rx_pending(&self) -> usize {
@@ -832,38 +783,9 @@ impl Drop for ShmStream {
 }
 
 impl ShmStream {
-    /// The receive ring was empty: end of stream, an error, the move to the kernel
-    /// socket, or nothing yet. `Ok(Some(0))`: EOF; `Ok(None)`: data appeared, try again.
+    /// The receive ring was empty: what it means (crate::tcpstate).
     fn empty_outcome(&self) -> Result<Option<usize>, StreamError> {
-        if self.has(local::RD_SHUT) {
-            return Ok(Some(0));
-        }
-        if self.has(local::BROKEN) {
-            return if self.has(local::ERR_RESET) { Err(StreamError::Reset) } else { Ok(Some(0)) };
-        }
-        // Flags are read after the ring was seen empty; re-check the ring after them, as
-        // the producer sets WR_SHUT only after its last tail store, and its last bytes
-        // are published before its doorbell can hang up.
-        let shut = self.rx.lock().peer_flags() & pflags::WR_SHUT != 0;
-        // The doorbell's hang-up costs a system call to see: look at most once per
-        // LIVENESS_CHECK_NS here. A read on an empty ring is the common case of a
-        // ping-pong, where the next bytes come within a microsecond; a hang-up is also
-        // seen by every wait (blocking calls, poll, select, epoll), which sets PEER_GONE.
-        let gone = !shut && (self.has(local::PEER_GONE) || self.peer_left() || self.liveness_due() && self.probe_gone());
-        if shut || gone {
-            if self.rx_avail().map_err(|_| self.broken())? > 0 {
-                return Ok(None);
-            }
-            if gone {
-                self.move_to_kernel();
-                if self.has(local::ERR_RESET) {
-                    return Err(StreamError::Reset);
-                }
-                return Err(StreamError::Moved);
-            }
-            return Ok(Some(0));
-        }
-        Err(StreamError::WouldBlock)
+        tcpstate::empty_outcome(self)
     }
 }
 

@@ -76,13 +76,14 @@ impl Combo {
         self.client == Side::Shim || self.server == Side::Shim
     }
 
-    /// The decision a shimmed side must log for each connection: path=shm
-    /// when both sides run the shim, otherwise path=tcp with the reason the
-    /// contract names for the missing peer (a shimmed client finds no shimmed
-    /// listener; a shimmed server finds its peer is not shimmed).
+    /// The decision a shimmed side must log for each connection: the fabric
+    /// under test ([`fabric`]) when both sides run the shim, otherwise path=tcp
+    /// with the reason the contract names for the missing peer (a shimmed
+    /// client finds no shimmed listener; a shimmed server finds its peer is not
+    /// shimmed).
     pub fn expected(self, role: Role) -> (&'static str, Option<&'static str>) {
         match (self.client, self.server, role) {
-            (Side::Shim, Side::Shim, _) => ("shm", None),
+            (Side::Shim, Side::Shim, _) => (fabric(), None),
             (_, _, Role::Client) => ("tcp", Some("no-shim-listener")),
             (_, _, Role::Server) => ("tcp", Some("peer-not-shim")),
         }
@@ -94,6 +95,27 @@ impl Combo {
 pub enum Count {
     Exactly(usize),
     AtLeast(usize),
+}
+
+/// The fabric the matrix runs on: `RDMASOCK_CONFORMANCE_FABRIC` (default shm).
+/// Shimmed sides run with `RDMASOCK_TRANSPORT` set to it, and every connection
+/// between two shimmed sides must be decided for it. The VM harness
+/// (mailbox-driver/test/run.sh) runs the matrix again with `kmod`.
+pub fn fabric() -> &'static str {
+    static F: OnceLock<String> = OnceLock::new();
+    F.get_or_init(|| std::env::var("RDMASOCK_CONFORMANCE_FABRIC").unwrap_or_else(|_| "shm".into()))
+}
+
+/// A directory the environment names instead of what cargo built (the VM has
+/// no cargo and no compiler: the harness copies the built programs in).
+fn prebuilt(var: &str) -> Option<PathBuf> {
+    std::env::var_os(var).map(PathBuf::from)
+}
+
+/// Where tests keep their scratch files: `RDMASOCK_CONFORMANCE_SCRATCH`, else
+/// cargo's CARGO_TARGET_TMPDIR.
+pub fn scratch_root() -> PathBuf {
+    prebuilt("RDMASOCK_CONFORMANCE_SCRATCH").unwrap_or_else(|| PathBuf::from(env!("CARGO_TARGET_TMPDIR")))
 }
 
 /// The cargo target directory this test was built in: CARGO_TARGET_TMPDIR
@@ -123,6 +145,10 @@ pub struct Shim {
 pub fn shim() -> &'static Shim {
     static SHIM: OnceLock<Result<Shim, String>> = OnceLock::new();
     let built = SHIM.get_or_init(|| {
+        // Prebuilt (RDMASOCK_CONFORMANCE_SHIM: a directory with both).
+        if let Some(dir) = prebuilt("RDMASOCK_CONFORMANCE_SHIM") {
+            return Ok(Shim { lib: dir.join("librdmasock.so"), cmd: dir.join("rdmasock") });
+        }
         let cargo = std::env::var_os("CARGO").unwrap_or_else(|| env!("CARGO").into());
         let mut cmd = Command::new(cargo);
         cmd.args([
@@ -165,6 +191,9 @@ pub fn shim() -> &'static Shim {
 pub fn c_program(name: &str) -> PathBuf {
     static BUILT: OnceLock<Result<PathBuf, String>> = OnceLock::new();
     let dir = BUILT.get_or_init(|| {
+        if let Some(dir) = prebuilt("RDMASOCK_CONFORMANCE_C") {
+            return Ok(dir);
+        }
         let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("c");
         let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join("conformance-c");
         fs::create_dir_all(&out).map_err(|e| format!("{}: {e}", out.display()))?;
@@ -198,9 +227,15 @@ pub fn c_program(name: &str) -> PathBuf {
     dir.as_ref().unwrap_or_else(|e| panic!("{e}")).join(name)
 }
 
+/// A program of this crate's `src/bin`: where cargo built it, or in
+/// `RDMASOCK_CONFORMANCE_BIN`.
+pub fn crate_bin(name: &str, built: &'static str) -> PathBuf {
+    prebuilt("RDMASOCK_CONFORMANCE_BIN").map_or_else(|| PathBuf::from(built), |d| d.join(name))
+}
+
 /// The Rust test program.
-pub fn rstream() -> &'static Path {
-    Path::new(env!("CARGO_BIN_EXE_rstream"))
+pub fn rstream() -> PathBuf {
+    crate_bin("rstream", env!("CARGO_BIN_EXE_rstream"))
 }
 
 /// A third-party program (socat, iperf3) from PATH. When it is missing the
@@ -267,7 +302,7 @@ impl TestEnv {
                 .unwrap_or_else(|e| panic!("creating RDMASOCK_DIR {}: {e}", dir.display()));
             dir
         });
-        let scratch = Path::new(env!("CARGO_TARGET_TMPDIR"))
+        let scratch = scratch_root()
             .join("conformance")
             .join(name);
         if scratch.exists() {
@@ -314,7 +349,13 @@ impl TestEnv {
         }
         if side == Side::Shim {
             cmd.env("RDMASOCK_DIR", self.registry.as_ref().unwrap())
-                .env("RDMASOCK_LOG", "info");
+                .env("RDMASOCK_LOG", "info")
+                .env("RDMASOCK_TRANSPORT", fabric());
+            // A slow machine (the VM harness runs under TCG, where one accept of 64
+            // takes longer than the default deadline) may give the claims more time.
+            if let Some(ms) = std::env::var_os("RDMASOCK_CONFORMANCE_CLAIM_TIMEOUT_MS") {
+                cmd.env("RDMASOCK_CLAIM_TIMEOUT_MS", ms);
+            }
             if let Via::Preload = via {
                 cmd.env("LD_PRELOAD", &shim().lib);
             }

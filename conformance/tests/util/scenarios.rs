@@ -68,7 +68,7 @@ impl Impl {
     fn program(self) -> PathBuf {
         match self {
             Impl::C => c_program("stream"),
-            Impl::Rust => rstream().to_path_buf(),
+            Impl::Rust => rstream(),
         }
     }
 }
@@ -448,7 +448,7 @@ fn check_live_stat(
             (role_name, path, reason.unwrap_or(""), ep),
             "{c:?}"
         );
-        if role == victim && path == "shm" {
+        if role == victim && path == super::fabric() {
             assert_eq!(
                 (c.bytes_in, c.bytes_out),
                 moved,
