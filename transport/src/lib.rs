@@ -1,29 +1,44 @@
 //! Fabric transports for librdmasock.
 //!
-//! Layers, bottom up: [`sys`] (every OS call), [`layout`] (every shared byte layout),
-//! [`ring`] (the single-producer single-consumer byte ring), [`wait`] (doorbells and the
-//! spin policy), [`registry`] (who listens, who offers), [`mailbox`] (a listener's
-//! shared offer slots), [`diag`] (the kernel's word on
-//! who the peer is), [`fabric`] (the transport interface), [`shm`] (the shared-memory
-//! fabric), [`conn`] (blocking on streams), [`stats`] (per-process connection tables).
+//! The folders show the seam:
+//! * [`os`]: every OS call ([`sys`]) and socket addresses ([`addr`]);
+//! * [`rendezvous`]: how two shims find each other and agree: the rule that picks a
+//!   fabric ([`choice`]), the per-user registry of listeners and offers ([`registry`]),
+//!   a listener's shared offer slots ([`mailbox`]), the kernel's word on who the peer
+//!   is ([`diag`]);
+//! * [`fabric`]: the transport interface (`Fabric`, `Offer`, `Stream`), and one folder
+//!   per fabric: [`shm`] (shared-memory rings, with its byte [`ring`]) and [`kmod`]
+//!   (the mailbox driver);
+//! * shared by every fabric: [`layout`] (every shared byte layout), [`tcpstate`] (the
+//!   TCP-semantics state machine), [`wait`] (doorbells and the spin policy), [`conn`]
+//!   (blocking on streams), [`stats`] (per-process connection tables), [`config`].
+//!
+//! The old flat paths (`rdmasock_transport::shm`, `::registry`, `::sys`, ...) are
+//! re-exported.
 //!
 //! Unsafe code is confined to the modules whose job it is: sys, addr, ring, wait, diag,
-//! shm, mailbox and stats (raw memory and system calls).
+//! shm, kmod's uapi, mailbox and stats (raw memory and system calls).
 #![deny(unsafe_code)]
 
-pub mod addr;
-pub mod choice;
+pub mod os {
+    pub mod addr;
+    pub mod sys;
+}
+pub mod rendezvous {
+    pub mod choice;
+    pub mod diag;
+    pub mod mailbox;
+    pub mod registry;
+}
 pub mod config;
 pub mod conn;
-pub mod diag;
 pub mod fabric;
-pub mod kmod;
 pub mod layout;
-pub mod mailbox;
-pub mod registry;
-pub mod ring;
-pub mod shm;
 pub mod stats;
-pub mod sys;
 pub mod tcpstate;
 pub mod wait;
+
+pub use fabric::shm::ring;
+pub use fabric::{kmod, shm};
+pub use os::{addr, sys};
+pub use rendezvous::{choice, diag, mailbox, registry};

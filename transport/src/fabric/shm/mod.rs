@@ -13,6 +13,8 @@
 //! are the kernel's own.
 #![allow(unsafe_code)]
 
+pub mod ring;
+
 use crate::conn::KernelEnd;
 use crate::fabric::{Caps, Fabric, Offer, Reason, Shutdown, Stream, StreamError};
 use crate::layout::{self, pflags, state, wait, SegHeader, CLIENT, SERVER};

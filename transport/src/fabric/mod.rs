@@ -17,6 +17,9 @@
 //! the client to the listener's advert and by the server in the same order). Any doubt
 //! keeps kernel TCP.
 
+pub mod kmod;
+pub mod shm;
+
 use crate::wait::{Approach, LocalBell, SpinPolicy};
 use std::io::{self, IoSlice, IoSliceMut};
 use std::os::fd::RawFd;
