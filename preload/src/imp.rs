@@ -10,12 +10,12 @@ use crate::state;
 use crate::table::{self, DATA, INTERNAL, PLAIN, TRACKED};
 use libc::{c_int, c_uint, c_ulong, c_void, iovec, loff_t, mmsghdr, msghdr, off64_t, off_t, size_t, sockaddr, socklen_t, ssize_t};
 use rdmasock_transport::addr::SockAddr;
-use rdmasock_transport::choice::{self, fabric_id, Advert, Choice, FabricSet};
+use rdmasock_transport::choice::{self, fabric_id, Choice};
 use rdmasock_transport::conn::{wait_stream, WaitEnd};
 use rdmasock_transport::config::LogLevel;
 use rdmasock_transport::diag;
 use rdmasock_transport::fabric::{Reason, Shutdown, Stream, StreamError};
-use rdmasock_transport::layout::{wait, ListenerRepr, LISTENER_V6ONLY};
+use rdmasock_transport::layout::wait;
 use rdmasock_transport::stats::{ROLE_CLIENT, ROLE_SERVER};
 use rdmasock_transport::sys;
 use std::cell::Cell;
@@ -905,18 +905,6 @@ fn is_inet_stream(fd: c_int) -> bool {
     PLAIN.get(fd) || matches!(sys::getsockopt::<c_int>(fd, libc::SOL_SOCKET, libc::SO_PROTOCOL), Ok(libc::IPPROTO_TCP))
 }
 
-fn listener_matches(l: &ListenerRepr, dst: &SockAddr) -> bool {
-    let laddr = SockAddr::from_bytes(l.addr, l.port);
-    if laddr.is_unspecified() {
-        // An IPv6 wildcard that is V6ONLY refuses IPv4; an IPv4 wildcard refuses IPv6.
-        let dst_v4 = dst.ip().is_ipv4();
-        return match laddr.ip() {
-            std::net::IpAddr::V6(_) => !(dst_v4 && l.flags & LISTENER_V6ONLY != 0),
-            std::net::IpAddr::V4(_) => dst_v4,
-        };
-    }
-    laddr.ip() == dst.ip() || (dst.is_unspecified() && laddr.is_loopback())
-}
 
 fn track_tcp(fd: c_int, role: u8, reason: Reason, peer: Option<SockAddr>) {
     let local = sys::getsockname(fd).ok();
@@ -959,36 +947,13 @@ pub unsafe fn connect(fd: c_int, addr: *const sockaddr, len: socklen_t) -> c_int
         if mine.is_empty() {
             return fallback(if state::registry().is_none() { Reason::RegistryUnavailable } else { Reason::NoCommonFabric });
         }
-        // Discovery, then the one rule (rdmasock_transport::choice). First the registry:
-        // our own user's listeners, with their adverts.
-        let mut to: Option<ListenerRepr> = None;
-        let mut advert: Option<Advert> = None;
-        if let Some(reg) = state::registry() {
-            reg.sweep_if_due();
-            let listeners: Vec<ListenerRepr> = reg.listeners(dst.port()).into_iter().filter(|l| listener_matches(l, &dst)).collect();
-            // Several listeners (an SO_REUSEPORT group): the kernel picks, and any live
-            // one may look for the offer file; dead ones are dropped now. One: its
-            // liveness is asked only if the claim is slow to come (sock::hear).
-            let listeners: Vec<ListenerRepr> = if listeners.len() > 1 { listeners.into_iter().filter(|l| reg.listener_alive(l)).collect() } else { listeners };
-            if let Some(first) = listeners.first() {
-                // A group advertises what all of its members serve.
-                let serves = FabricSet(listeners.iter().fold(fabric_id::ALL, |m, l| m & l.fabrics));
-                // Its accepting processes run as another user (a worker that dropped
-                // privileges): choose as for another user's listener.
-                let same_user = !(listeners.len() == 1 && reg.listener_accepts_as_other_user(first));
-                advert = Some(Advert { serves, same_user });
-                // One listener: the offer can go straight into its mailbox. Several:
-                // the kernel picks, so the offer is a file any of them finds.
-                to = if listeners.len() == 1 { Some(*first) } else { None };
-            }
-        }
-        // Then the tables of fabrics that keep their own (kmod's driver: listeners of
-        // any user).
-        if advert.is_none() {
-            advert = fabs.all().filter(|f| mine.has(f.id())).find_map(|f| {
-                f.find(&dst).map(|uid| Advert { serves: FabricSet(f.id()), same_user: uid == sys::getuid() })
-            });
-        }
+        // Discovery (rdmasock_transport::discovery: the registry, then the tables of
+        // fabrics that keep their own), then the one rule (rdmasock_transport::choice).
+        let found = state::discoveries().iter().filter(|(only, _)| only.is_none_or(|id| mine.has(id))).find_map(|(_, d)| d.find(&dst));
+        let (advert, to) = match found {
+            Some(f) => (Some(f.advert), f.to),
+            None => (None, None),
+        };
         let Some(advert) = advert else {
             return fallback(Reason::NoShimListener);
         };
@@ -1154,38 +1119,23 @@ pub unsafe fn listen(fd: c_int, backlog: c_int) -> c_int {
         if mine.is_empty() {
             return Ok(0);
         }
-        // The tables of fabrics that keep their own (kmod's driver: found by clients of
-        // any user).
-        let announced: Vec<sys::Fd> = fabs
-            .all()
-            .filter(|f| mine.has(f.id()))
-            .filter_map(|f| match f.announce(fd)? {
-                Ok(held) => Some(held),
+        // Every way a listener is found that applies (rdmasock_transport::discovery):
+        // the registry, with the advert of every fabric we serve, for our own user's
+        // clients; each usable fabric's own table (kmod's driver: clients of any user).
+        let announced: Vec<Box<dyn rdmasock_transport::discovery::Announcement>> = state::discoveries()
+            .iter()
+            .filter(|(only, _)| only.is_none_or(|id| mine.has(id)))
+            .filter_map(|(_, d)| match d.announce(fd, &local, mine) {
+                Ok(a) => Some(a),
                 Err(e) => {
-                    crate::log_at!(LogLevel::Error, "listen fd={fd}: cannot announce on {}: {e}", f.name());
+                    crate::log_at!(LogLevel::Error, "listen fd={fd}: cannot announce in the {}: {e}", d.name());
                     None
                 }
             })
             .collect();
-        // The registry: our own user's clients, with the advert of every fabric we serve.
-        let record = state::registry().and_then(|reg| {
-            reg.sweep();
-            let v6only = matches!(sys::sock_domain(fd), Ok(libc::AF_INET6))
-                && sys::getsockopt::<c_int>(fd, libc::IPPROTO_IPV6, libc::IPV6_V6ONLY).unwrap_or(0) != 0;
-            let rec = ListenerRepr {
-                addr: local.ip_bytes(),
-                port: local.port(),
-                flags: if v6only { LISTENER_V6ONLY } else { 0 },
-                pid: sys::getpid(),
-                mbox_fd: -1,
-                mbox_ino: 0,
-                fabrics: mine.0,
-            };
-            reg.register_listener(&rec).map_err(|e| crate::log_at!(LogLevel::Error, "listen fd={fd}: cannot register: {e}")).ok()
-        });
-        if record.is_some() || !announced.is_empty() {
+        if !announced.is_empty() {
             crate::log_at!(LogLevel::Debug, "listen fd={fd} local={local}: registered, serves {}", mine.names());
-            table::insert(fd, Entry::Listener(Arc::new(Listener { record: parking_lot::Mutex::new(record), announced: parking_lot::Mutex::new(announced) })));
+            table::insert(fd, Entry::Listener(Arc::new(Listener { announced: parking_lot::Mutex::new(announced) })));
         }
         Ok(0)
     });

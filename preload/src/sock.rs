@@ -14,7 +14,6 @@ use rdmasock_transport::addr::SockAddr;
 use rdmasock_transport::config::LogLevel;
 use rdmasock_transport::fabric::{Offer, Reason, Stream};
 use rdmasock_transport::layout::ListenerRepr;
-use rdmasock_transport::registry::Held;
 use rdmasock_transport::stats::{path_code, SlotFill, SlotId, PATH_PENDING, PATH_TCP, ROLE_CLIENT};
 use rdmasock_transport::sys;
 use rdmasock_transport::wait::Approach;
@@ -40,19 +39,15 @@ impl Entry {
 
 /// A listening socket the shim registered.
 pub struct Listener {
-    /// Its registry record (our own user's clients find it there).
-    pub record: Mutex<Option<Held>>,
-    /// Its announcements to fabrics with listener tables of their own (kmod's driver):
-    /// hidden fds, inherited by forked children, that keep it findable while any
-    /// process holding them lives.
-    pub announced: Mutex<Vec<rdmasock_transport::sys::Fd>>,
+    /// What keeps it findable (rdmasock_transport::discovery): its registry record
+    /// (our own user's clients find it there), its entries in fabrics' own listener
+    /// tables (kmod's driver: a hidden fd, inherited by forked children, that keeps it
+    /// findable while any process holding it lives). Dropping one withdraws it.
+    pub announced: Mutex<Vec<Box<dyn rdmasock_transport::discovery::Announcement>>>,
 }
 
 impl Listener {
     pub fn release(&self) {
-        if let (Some(h), Some(reg)) = (self.record.lock().take(), state::registry()) {
-            reg.release(h);
-        }
         self.announced.lock().clear();
     }
 }

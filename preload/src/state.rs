@@ -4,6 +4,7 @@
 
 use rdmasock_transport::choice::{fabric_id, FabricSet};
 use rdmasock_transport::config::Config;
+use rdmasock_transport::discovery::{Discovery, RegistryDiscovery, TableDiscovery};
 use rdmasock_transport::fabric::Fabric;
 use rdmasock_transport::kmod::Kmod;
 use rdmasock_transport::registry::Registry;
@@ -120,6 +121,23 @@ impl Fabrics {
     pub fn all(&self) -> impl Iterator<Item = &dyn Fabric> {
         self.list.iter().map(|f| &**f)
     }
+}
+
+/// The ways listeners are found (rdmasock_transport::discovery), in the order a
+/// client asks them: the registry (our own user's listeners, with their adverts), then
+/// each fabric's own listener table. Each with the fabric it is for (None: any).
+pub fn discoveries() -> &'static [(Option<u8>, Box<dyn Discovery>)] {
+    static D: OnceLock<Vec<(Option<u8>, Box<dyn Discovery>)>> = OnceLock::new();
+    D.get_or_init(|| {
+        let mut v: Vec<(Option<u8>, Box<dyn Discovery>)> = Vec::new();
+        if let Some(reg) = registry() {
+            v.push((None, Box::new(RegistryDiscovery { reg: reg.clone() })));
+        }
+        for f in fabrics().all().filter(|f| f.has_listener_table()) {
+            v.push((Some(f.id()), Box::new(TableDiscovery { fabric: f })));
+        }
+        v
+    })
 }
 
 /// The fabrics, if this process has looked for them already.

@@ -3,7 +3,8 @@
 //! The folders show the seam:
 //! * [`os`]: every OS call ([`sys`]) and socket addresses ([`addr`]);
 //! * [`rendezvous`]: how two shims find each other and agree: the rule that picks a
-//!   fabric ([`choice`]), the per-user registry of listeners and offers ([`registry`]),
+//!   fabric ([`choice`]), how listeners are found ([`discovery`]: a trait, over the
+//!   registry or a fabric's own table), the per-user registry of listeners and offers ([`registry`]),
 //!   a listener's shared offer slots ([`mailbox`]), the kernel's word on who the peer
 //!   is ([`diag`]);
 //! * [`fabric`]: the transport interface (`Fabric`, `Offer`, `Stream`), and one folder
@@ -27,6 +28,7 @@ pub mod os {
 pub mod rendezvous {
     pub mod choice;
     pub mod diag;
+    pub mod discovery;
     pub mod mailbox;
     pub mod registry;
 }
@@ -41,4 +43,4 @@ pub mod wait;
 pub use fabric::shm::ring;
 pub use fabric::{kmod, shm};
 pub use os::{addr, sys};
-pub use rendezvous::{choice, diag, mailbox, registry};
+pub use rendezvous::{choice, diag, discovery, mailbox, registry};

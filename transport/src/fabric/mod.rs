@@ -265,6 +265,11 @@ pub trait Fabric: Send + Sync {
     // --- discovery of its own ---
     // A fabric whose listeners clients of other users must find too (the registry is
     // one user's) keeps a listener table of its own: kmod's is in the driver.
+    /// Has it a listener table of its own (then [`announce`](Self::announce) and
+    /// [`find`](Self::find) work; `discovery::TableDiscovery` wraps them)?
+    fn has_listener_table(&self) -> bool {
+        false
+    }
     /// Make our listening socket `sock` findable by [`find`](Self::find) for as long
     /// as the returned (hidden) fd is open. None: this fabric has no table of its own.
     fn announce(&self, sock: RawFd) -> Option<io::Result<crate::sys::Fd>> {

@@ -1042,6 +1042,10 @@ impl Fabric for Kmod {
         let _ = self.with_ctl(|ctl| uapi::accept(ctl, sock, uapi::ACCEPT_REFUSE, peer_inode));
     }
 
+    fn has_listener_table(&self) -> bool {
+        true
+    }
+
     fn announce(&self, sock: RawFd) -> Option<io::Result<Fd>> {
         Some((|| {
             let ep = hide_fd(sys::open(uapi::DEVICE, libc::O_RDWR, 0)?);
