@@ -949,15 +949,10 @@ pub unsafe fn connect(fd: c_int, addr: *const sockaddr, len: socklen_t) -> c_int
         }
         // Discovery (rdmasock_transport::discovery: the registry, then the tables of
         // fabrics that keep their own), then the one rule (rdmasock_transport::choice).
-        let found = state::discoveries().iter().filter(|(only, _)| only.is_none_or(|id| mine.has(id))).find_map(|(_, d)| d.find(&dst));
-        let (advert, to) = match found {
-            Some(f) => (Some(f.advert), f.to),
-            None => (None, None),
-        };
-        let Some(advert) = advert else {
+        let Some(found) = state::discoveries_for(mine).find_map(|d| d.find(&dst)) else {
             return fallback(Reason::NoShimListener);
         };
-        let fab = match choice::choose(mine, &advert, state::config().cross_user) {
+        let fab = match choice::choose(mine, &found.advert, state::config().cross_user) {
             Choice::Fabric(id) => match fabs.get(id) {
                 Some(f) => f,
                 None => return fallback(Reason::NoCommonFabric),
@@ -967,7 +962,7 @@ pub unsafe fn connect(fd: c_int, addr: *const sockaddr, len: socklen_t) -> c_int
         // What connect's answer tells (below) holds only for a socket with none of the
         // options that change it.
         let plain = PLAIN.get(fd);
-        let to = if fab.id() == fabric_id::SHM { to } else { None };
+        let to = if fab.id() == fabric_id::SHM { found.to } else { None };
         let offer = match fab.offer(fd, to.as_ref()) {
             Ok(o) => o,
             Err(e) => {
@@ -1122,10 +1117,8 @@ pub unsafe fn listen(fd: c_int, backlog: c_int) -> c_int {
         // Every way a listener is found that applies (rdmasock_transport::discovery):
         // the registry, with the advert of every fabric we serve, for our own user's
         // clients; each usable fabric's own table (kmod's driver: clients of any user).
-        let announced: Vec<Box<dyn rdmasock_transport::discovery::Announcement>> = state::discoveries()
-            .iter()
-            .filter(|(only, _)| only.is_none_or(|id| mine.has(id)))
-            .filter_map(|(_, d)| match d.announce(fd, &local, mine) {
+        let announced: Vec<Box<dyn rdmasock_transport::discovery::Announcement>> = state::discoveries_for(mine)
+            .filter_map(|d| match d.announce(fd, &local, mine) {
                 Ok(a) => Some(a),
                 Err(e) => {
                     crate::log_at!(LogLevel::Error, "listen fd={fd}: cannot announce in the {}: {e}", d.name());

@@ -140,6 +140,12 @@ pub fn discoveries() -> &'static [(Option<u8>, Box<dyn Discovery>)] {
     })
 }
 
+/// The discoveries that apply to a process whose usable fabrics are `mine`: the
+/// registry always, a fabric's table only when that fabric is usable.
+pub fn discoveries_for(mine: FabricSet) -> impl Iterator<Item = &'static dyn Discovery> {
+    discoveries().iter().filter(move |(only, _)| only.is_none_or(|id| mine.has(id))).map(|(_, d)| &**d)
+}
+
 /// The fabrics, if this process has looked for them already.
 pub fn fabrics_if_any() -> Option<&'static Fabrics> {
     FABRICS.get()

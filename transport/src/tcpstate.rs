@@ -132,7 +132,10 @@ pub(crate) trait RingIo {
         self.state().has(bit::PEER_GONE)
     }
     /// Take what the fabric has to tell (kmod: the mailbox), before a second look.
-    fn refresh(&self) {}
+    /// Returns whether there can be anything new to see (false: no second look).
+    fn refresh(&self) -> bool {
+        false
+    }
     /// Look (cheaply) whether the peer went, before a readiness report.
     fn before_poll(&self) {
         self.refresh();
@@ -208,20 +211,14 @@ pub(crate) fn has_data(io: &impl RingIo) -> bool {
             || !matches!(io.ring_avail(), Ok(0))
             || io.peer_wr_shut()
     };
-    now() || {
-        io.refresh();
-        now()
-    }
+    now() || (io.refresh() && now())
 }
 
 /// An enqueue would not block (space, or an error to report).
 pub(crate) fn has_space(io: &impl RingIo) -> bool {
     let stop = bit::WR_SHUT | bit::PEER_GONE | bit::ERR_RESET | bit::BROKEN | bit::LEFT;
     let now = || io.state().has(stop) || io.peer_left() || io.tx_room();
-    now() || {
-        io.refresh();
-        now()
-    }
+    now() || (io.refresh() && now())
 }
 
 /// poll(2) events as Linux's `tcp_poll` reports them.

@@ -271,10 +271,10 @@ pub trait Fabric: Send + Sync {
         false
     }
     /// Make our listening socket `sock` findable by [`find`](Self::find) for as long
-    /// as the returned (hidden) fd is open. None: this fabric has no table of its own.
-    fn announce(&self, sock: RawFd) -> Option<io::Result<crate::sys::Fd>> {
+    /// as the returned (hidden) fd is open (EOPNOTSUPP: no table of its own).
+    fn announce(&self, sock: RawFd) -> io::Result<crate::sys::Fd> {
         let _ = sock;
-        None
+        Err(io::Error::from_raw_os_error(libc::EOPNOTSUPP))
     }
     /// The uid of a listener that takes connections to `dst` in this fabric's own
     /// table (None: there is none, or no table).

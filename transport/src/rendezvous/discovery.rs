@@ -136,10 +136,7 @@ impl Discovery for TableDiscovery {
     }
 
     fn announce(&self, sock: RawFd, _local: &SockAddr, _serves: FabricSet) -> io::Result<Box<dyn Announcement>> {
-        match self.fabric.announce(sock) {
-            Some(r) => r.map(|fd| Box::new(TableEntry(fd)) as Box<dyn Announcement>),
-            None => Err(io::Error::from_raw_os_error(libc::EOPNOTSUPP)),
-        }
+        self.fabric.announce(sock).map(|fd| Box::new(TableEntry(fd)) as Box<dyn Announcement>)
     }
 
     fn find(&self, dst: &SockAddr) -> Option<Found> {

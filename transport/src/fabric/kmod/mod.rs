@@ -553,8 +553,9 @@ impl RingIo for KmodStream {
 
     /// Any readiness check first drains the mailbox (completions, credits, the peer's
     /// half-close and departure).
-    fn refresh(&self) {
+    fn refresh(&self) -> bool {
         self.pump();
+        true
     }
 
     fn move_to_kernel(&self) {
@@ -1046,12 +1047,10 @@ impl Fabric for Kmod {
         true
     }
 
-    fn announce(&self, sock: RawFd) -> Option<io::Result<Fd>> {
-        Some((|| {
-            let ep = hide_fd(sys::open(uapi::DEVICE, libc::O_RDWR, 0)?);
-            uapi::listen(ep.as_raw_fd(), sock)?;
-            Ok(ep)
-        })())
+    fn announce(&self, sock: RawFd) -> io::Result<Fd> {
+        let ep = hide_fd(sys::open(uapi::DEVICE, libc::O_RDWR, 0)?);
+        uapi::listen(ep.as_raw_fd(), sock)?;
+        Ok(ep)
     }
 
     fn find(&self, dst: &crate::addr::SockAddr) -> Option<u32> {
