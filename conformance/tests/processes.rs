@@ -417,3 +417,103 @@ fn a_peer_leaving_with_a_full_ring_does_not_stall_the_server() {
     let log = compare_with("attack_left.py", &[], &[("RDMASOCK_RING_SIZE", "16777216")]);
     assert!(log.contains("left"), "the attacker found no segment:\n{log}");
 }
+
+/// Issue 21.6: another user who makes `/dev/shm/rdmasock-<uid>` before its owner does
+/// must not turn the fabric off for that user where a place exists that nobody else
+/// can take: root's registry is `/run/rdmasock`, another user's falls back to
+/// `/run/user/<uid>/rdmasock` (the login manager's runtime directory). Where no such
+/// place exists the connections stay on TCP (registry-unavailable) and `rdmasock stat`
+/// names the user who took the name. Each run is compared with the same program
+/// without the shim.
+#[test]
+fn a_registry_name_taken_by_another_user_takes_nothing_away() {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("skipped: needs root (directories of other users)");
+        return;
+    }
+    use std::os::unix::fs::PermissionsExt;
+    let lib = library();
+    let stat_bin = lib.with_file_name("rdmasock");
+    let make_dir = |path: &str, uid: u32| {
+        std::fs::create_dir(path).unwrap();
+        std::fs::set_permissions(path, PermissionsExt::from_mode(0o700)).unwrap();
+        let c = std::ffi::CString::new(path).unwrap();
+        // SAFETY: chown on a NUL-terminated path we made.
+        assert_eq!(unsafe { libc::chown(c.as_ptr(), uid, uid) }, 0);
+    };
+    // `as_uid`: None runs as root; the default registry (no RDMASOCK_DIR) either way.
+    let run = |as_uid: Option<u32>, shim: bool, args: &[&str]| {
+        let mut cmd = Command::new("timeout");
+        cmd.arg("60");
+        if let Some(u) = as_uid {
+            cmd.args(["setpriv", &format!("--reuid={u}"), &format!("--regid={u}"), "--clear-groups"]);
+        }
+        cmd.args(args).env_remove("RDMASOCK_DIR").env_remove("LD_PRELOAD").env_remove("RDMASOCK_TRANSPORT");
+        if shim {
+            cmd.env("LD_PRELOAD", &lib).env("RDMASOCK_LOG", "info");
+        }
+        let out = cmd.output().unwrap();
+        assert!(out.status.success(), "{args:?} as {as_uid:?} (shim {shim}): {}", String::from_utf8_lossy(&out.stderr));
+        (String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+    };
+    let prog = script("fork_both_write.py");
+    let prog = ["/usr/bin/python3", prog.to_str().unwrap()];
+    let compared = |as_uid: Option<u32>| {
+        let (plain, _) = run(as_uid, false, &prog);
+        let (shim, log) = run(as_uid, true, &prog);
+        assert_eq!(plain, shim, "as {as_uid:?}: the shim changed what the program observed");
+        log
+    };
+    let stat = |as_uid: Option<u32>| {
+        let (json, err) = run(as_uid, false, &[stat_bin.to_str().unwrap(), "stat", "--json"]);
+        format!("{json}{err}")
+    };
+
+    // Root: `/dev/shm/rdmasock-0` taken by nobody (unless root's own is there already).
+    let root_taken = "/dev/shm/rdmasock-0";
+    let planted = !std::path::Path::new(root_taken).exists();
+    if planted {
+        make_dir(root_taken, 65534);
+    }
+    let log = compared(None);
+    let st = stat(None);
+    if planted {
+        let _ = std::fs::remove_dir(root_taken);
+    }
+    assert!(log.contains("path=shm"), "root: not on the fabric:\n{log}");
+    if std::path::Path::new("/run").is_dir() {
+        assert!(st.contains("\"registry\":\"/run/rdmasock\""), "root's registry is not /run/rdmasock:\n{st}");
+    }
+
+    // Another user (nobody, 65534) whose name 65533 took first.
+    let taken = "/dev/shm/rdmasock-65534";
+    let runtime = "/run/user/65534";
+    if std::path::Path::new(runtime).exists() {
+        eprintln!("skipped the second half: {runtime} exists (a session of that user?)");
+        return;
+    }
+    let _ = std::fs::remove_dir_all(taken);
+    make_dir(taken, 65533);
+    let made_run_user = !std::path::Path::new("/run/user").exists();
+    if made_run_user {
+        std::fs::create_dir_all("/run/user").unwrap();
+    }
+    let cleanup = || {
+        let _ = std::fs::remove_dir_all(runtime);
+        let _ = std::fs::remove_dir_all(taken);
+        if made_run_user {
+            let _ = std::fs::remove_dir("/run/user");
+        }
+    };
+    let no_place = compared(Some(65534));
+    let no_place_stat = stat(Some(65534));
+    make_dir(runtime, 65534);
+    let moved = compared(Some(65534));
+    let moved_stat = stat(Some(65534));
+    cleanup();
+    assert!(!no_place.contains("path=shm") && no_place.contains("reason=registry-unavailable"), "{no_place}");
+    assert!(no_place_stat.contains("owned by uid 65533"), "stat does not say who took the name:\n{no_place_stat}");
+    assert!(moved.contains("path=shm"), "with a runtime directory, still not on the fabric:\n{moved}");
+    assert!(moved_stat.contains("\"registry\":\"/run/user/65534/rdmasock\"") && moved_stat.contains("owned by uid 65533"), "{moved_stat}");
+}

@@ -58,11 +58,21 @@ pub fn registry_if_any() -> Option<&'static Arc<Registry>> {
 
 pub fn registry() -> Option<&'static Arc<Registry>> {
     REGISTRY
-        .get_or_init(|| match Registry::open(&config().dir) {
-            Ok(r) => Some(Arc::new(r)),
-            Err(e) => {
-                crate::log_at!(rdmasock_transport::config::LogLevel::Error, "registry {} unusable: {e}", config().dir);
-                None
+        .get_or_init(|| {
+            use rdmasock_transport::config::LogLevel;
+            match Registry::open_first(&config().registry_dirs()) {
+                Ok((r, passed)) => {
+                    for (d, e) in passed {
+                        crate::log_at!(LogLevel::Info, "registry {d} unusable ({e}); using {}", r.dir());
+                    }
+                    Some(Arc::new(r))
+                }
+                Err(passed) => {
+                    for (d, e) in passed {
+                        crate::log_at!(LogLevel::Error, "registry {d} unusable: {e}");
+                    }
+                    None
+                }
             }
         })
         .as_ref()

@@ -33,8 +33,9 @@ pub struct Config {
     /// RDMASOCK_LOG=summary: no line per connection, one line at exit counting the
     /// decisions (errors are still logged).
     pub summary: bool,
-    /// RDMASOCK_DIR: the registry directory.
-    pub dir: String,
+    /// RDMASOCK_DIR: the registry directory, if set (else [`Config::registry_dirs`]'s
+    /// defaults).
+    pub dir: Option<String>,
     /// RDMASOCK_CLAIM_TIMEOUT_MS: how long a client waits for the server's shim to claim.
     pub claim_timeout: Duration,
 }
@@ -68,11 +69,35 @@ impl Config {
                 _ => LogLevel::Error,
             },
             summary: get("RDMASOCK_LOG").as_deref().map(str::trim) == Some("summary"),
-            dir: get("RDMASOCK_DIR")
-                .filter(|d| d.starts_with('/'))
-                .unwrap_or_else(|| format!("/dev/shm/rdmasock-{}", crate::sys::getuid())),
+            dir: get("RDMASOCK_DIR").filter(|d| d.starts_with('/')),
             claim_timeout: Duration::from_millis(num("RDMASOCK_CLAIM_TIMEOUT_MS", DEFAULT_CLAIM_MS).clamp(1, 60_000)),
         }
+    }
+}
+
+impl Config {
+    /// The registry directories to try, in order; the first that opens is used.
+    /// RDMASOCK_DIR alone if set. Otherwise a place no other user can take first
+    /// (issue 21.6: anyone can create `/dev/shm/rdmasock-<uid>` before its owner does):
+    /// - root: `/run/rdmasock` (only root writes `/run`); `/dev/shm/rdmasock-0` only
+    ///   where `/run` is not usable (a minimal initramfs).
+    /// - another user: `/dev/shm/rdmasock-<uid>`, and where that is taken (made by someone
+    ///   else), `/run/user/<uid>/rdmasock`, the login manager's runtime directory only that
+    ///   user writes. Both are tried in the same order by every process of the user, so
+    ///   they agree on one while the machine's state stays as it is.
+    pub fn registry_dirs(&self) -> Vec<String> {
+        match &self.dir {
+            Some(d) => vec![d.clone()],
+            None => default_registry_dirs(crate::sys::getuid()),
+        }
+    }
+}
+
+pub fn default_registry_dirs(uid: u32) -> Vec<String> {
+    if uid == 0 {
+        vec!["/run/rdmasock".into(), "/dev/shm/rdmasock-0".into()]
+    } else {
+        vec![format!("/dev/shm/rdmasock-{uid}"), format!("/run/user/{uid}/rdmasock")]
     }
 }
 
@@ -96,7 +121,8 @@ mod tests {
         assert!(!c.cross_user);
         assert_eq!(c.ring_size, 65536);
         assert_eq!(c.log, LogLevel::Debug);
-        assert_eq!(c.dir, "/tmp/x");
+        assert_eq!(c.dir.as_deref(), Some("/tmp/x"));
+        assert_eq!(c.registry_dirs(), ["/tmp/x"]);
         assert_eq!(c.spin, Duration::from_micros(7));
     }
 
@@ -106,6 +132,8 @@ mod tests {
         let c = Config::from_lookup(|k| m.get(k).map(|v| v.to_string()));
         assert_eq!((c.fabrics, c.transport_typo), (FabricSet::ALL, true));
         assert_eq!(c.ring_size, DEFAULT_RING);
-        assert!(c.dir.starts_with("/dev/shm/rdmasock-"));
+        assert_eq!(c.dir, None);
+        assert_eq!(default_registry_dirs(0), ["/run/rdmasock", "/dev/shm/rdmasock-0"]);
+        assert_eq!(default_registry_dirs(1000), ["/dev/shm/rdmasock-1000", "/run/user/1000/rdmasock"]);
     }
 }

@@ -44,15 +44,29 @@ fn json_str(s: &str) -> String {
 fn stat(json: bool) {
     let cfg = Config::from_env();
     let mut registry_error = None;
-    let rows = match Registry::open(&cfg.dir) {
-        Ok(reg) => {
+    let mut used = None;
+    let mut passed_over = Vec::new();
+    let rows = match Registry::open_first(&cfg.registry_dirs()) {
+        Ok((reg, passed)) => {
+            for (d, e) in passed {
+                let why = registry_trouble(&d).unwrap_or_else(|| e.to_string());
+                eprintln!("rdmasock: registry {d}: {why}: using {} instead", reg.dir());
+                passed_over.push(format!("{{\"dir\":{},\"why\":{}}}", json_str(&d), json_str(&why)));
+            }
+            used = Some(reg.dir().to_string());
             reg.sweep();
             stats::read_all(&reg)
         }
-        Err(e) => {
-            let why = registry_trouble(&cfg.dir).unwrap_or_else(|| e.to_string());
-            eprintln!("rdmasock: registry {}: {why}: the fabric is off for this user's programs (their connections stay on TCP, reason registry-unavailable)", cfg.dir);
-            registry_error = Some(why);
+        Err(passed) => {
+            let mut whys = Vec::new();
+            for (d, e) in passed {
+                let why = registry_trouble(&d).unwrap_or_else(|| e.to_string());
+                eprintln!("rdmasock: registry {d}: {why}");
+                passed_over.push(format!("{{\"dir\":{},\"why\":{}}}", json_str(&d), json_str(&why)));
+                whys.push(format!("{d}: {why}"));
+            }
+            eprintln!("rdmasock: no registry usable: the fabric is off for this user's programs (their connections stay on TCP, reason registry-unavailable)");
+            registry_error = Some(whys.join("; "));
             Vec::new()
         }
     };
@@ -69,7 +83,12 @@ fn stat(json: bool) {
             })
             .collect();
         let reg = registry_error.map_or("null".to_string(), |e| json_str(&e));
-        println!("{{\"connections\":[{}],\"registry_error\":{reg}}}", items.join(","));
+        let dir = used.map_or("null".to_string(), |d| json_str(&d));
+        println!(
+            "{{\"connections\":[{}],\"registry\":{dir},\"registry_passed_over\":[{}],\"registry_error\":{reg}}}",
+            items.join(","),
+            passed_over.join(",")
+        );
         return;
     }
     println!("{:>7} {:>5} {:<6} {:<7} {:<22} {:<22} {:>14} {:>14}  reason", "pid", "fd", "role", "path", "local", "peer", "bytes_in", "bytes_out");

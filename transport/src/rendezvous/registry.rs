@@ -167,6 +167,20 @@ impl Registry {
         })
     }
 
+    /// Open the first of `dirs` that is usable ([`Registry::open`]). Also returns, or
+    /// on failure only returns, those passed over and why: a default location another
+    /// user took first is reported (log, `rdmasock stat`), not silently skipped.
+    pub fn open_first(dirs: &[String]) -> Result<(Registry, Vec<(String, io::Error)>), Vec<(String, io::Error)>> {
+        let mut passed = Vec::new();
+        for d in dirs {
+            match Registry::open(d) {
+                Ok(r) => return Ok((r, passed)),
+                Err(e) => passed.push((d.clone(), e)),
+            }
+        }
+        Err(passed)
+    }
+
     pub fn dir(&self) -> &str {
         &self.dir
     }
